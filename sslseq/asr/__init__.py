@@ -1,0 +1,1 @@
+"""CTC decoding, WER scoring and result reports."""

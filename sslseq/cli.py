@@ -1,0 +1,272 @@
+"""``sslseq <verb> ...``: the command line. Each verb is a thin wrapper over one module function.
+
+Modules are imported only when their verb runs, so ``sslseq --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sslseq.utils import SslseqError, get_logger
+
+
+def parse_duration(text: str) -> float:
+    """'10min', '1h', '90s', '1.5h' or plain seconds -> seconds."""
+    units = {"h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0}
+    t = text.strip().lower()
+    for suffix in ("min", "h", "m", "s"):
+        if t.endswith(suffix):
+            number = t[: -len(suffix)]
+            break
+    else:
+        number, suffix = t, "s"
+    try:
+        return float(number) * units[suffix]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a duration (use e.g. 10min, 1h, 600s)") from None
+
+
+# ---------------------------------------------------------------- verbs
+
+
+def cmd_corpus_synth(a: argparse.Namespace) -> None:
+    from sslseq.data.synth import synthesize_corpus
+
+    synthesize_corpus(Path(a.out_dir), hours=a.hours, seed=a.seed, tiny=a.tiny, nj=a.nj)
+
+
+def cmd_corpus_prepare(a: argparse.Namespace) -> None:
+    from sslseq.data.synth import prepare_data_dirs
+
+    prepare_data_dirs(Path(a.corpus_dir), Path(a.data_dir))
+
+
+def cmd_data_validate(a: argparse.Namespace) -> None:
+    from sslseq.data.kaldi import validate_data_dir
+
+    problems = validate_data_dir(
+        Path(a.data_dir), allow_pipes=a.allow_pipes, sample_rate=a.sample_rate, units=a.units
+    )
+    for line in problems:
+        print(line)
+    if problems:
+        raise SslseqError(f"{a.data_dir}: {len(problems)} problem(s) found (listed above)")
+    print(f"{a.data_dir}: OK")
+
+
+def cmd_data_subset(a: argparse.Namespace) -> None:
+    from sslseq.data.kaldi import subset_by_duration
+
+    subset_by_duration(Path(a.src_dir), Path(a.dst_dir), seconds=a.duration, seed=a.seed)
+
+
+def cmd_feats_dump(a: argparse.Namespace) -> None:
+    from sslseq.features.dump import dump_features
+
+    dump_features(
+        Path(a.data_dir),
+        Path(a.out_dir),
+        feat_type=a.type,
+        nj=a.nj,
+        rank=a.rank,
+        device=a.device,
+        checkpoint=a.checkpoint,
+        layer=a.layer,
+        allow_pipes=a.allow_pipes,
+        resample=not a.no_resample,
+        skip_bad=a.skip_bad,
+    )
+
+
+def cmd_feats_check(a: argparse.Namespace) -> None:
+    from sslseq.features.store import check_complete
+
+    check_complete(Path(a.feat_dir), nj=a.nj)
+    print(f"{a.feat_dir}: all {a.nj} shard(s) complete")
+
+
+def cmd_kmeans_fit(a: argparse.Namespace) -> None:
+    from sslseq.cluster.kmeans import fit_kmeans_on_features
+
+    fit_kmeans_on_features(
+        Path(a.feat_dir),
+        Path(a.model),
+        k=a.k,
+        sample_frac=a.sample_frac,
+        max_frames=a.max_frames,
+        seed=a.seed,
+        device=a.device,
+    )
+
+
+def cmd_kmeans_label(a: argparse.Namespace) -> None:
+    from sslseq.cluster.kmeans import label_features
+
+    label_features(Path(a.model), Path(a.feat_dir), Path(a.out), device=a.device)
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from sslseq.train.trainer import train_from_config
+
+    train_from_config(Path(a.config), a.overrides)
+
+
+def cmd_decode(a: argparse.Namespace) -> None:
+    from sslseq.asr.decode import decode_data_dir
+
+    decode_data_dir(Path(a.exp_dir), Path(a.data_dir), Path(a.out_dir), device=a.device, batch_seconds=a.batch_seconds)
+
+
+def cmd_score(a: argparse.Namespace) -> None:
+    from sslseq.asr.score import score_files
+
+    result = score_files(Path(a.ref), Path(a.hyp), out_dir=Path(a.out_dir) if a.out_dir else None)
+    print(result.summary())
+
+
+def cmd_results(a: argparse.Namespace) -> None:
+    from sslseq.asr.report import write_results
+
+    print(write_results([Path(p) for p in a.decode_dirs], Path(a.out)))
+
+
+def cmd_bench(a: argparse.Namespace) -> None:
+    import importlib
+
+    module = importlib.import_module(f"sslseq.bench.{a.what}")
+    module.main(a)
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sslseq",
+        description="Speech self-supervised learning recipes. Each verb does one stage's work; "
+        "egs/<corpus>/run.sh chains them.",
+    )
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    def verb(parent, name, fn, help):
+        sp = parent.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    # corpus
+    corpus = verbs.add_parser("corpus", help="obtain a corpus (synthesize the embedded one)").add_subparsers(
+        dest="sub", metavar="SUB", required=True
+    )
+    s = verb(corpus, "synth", cmd_corpus_synth, "synthesize the embedded English corpus with espeak-ng")
+    s.add_argument("--hours", type=float, default=3.0, help="total hours of audio over train/dev/test")
+    s.add_argument("--tiny", action="store_true", help="a few minutes of audio, for tests")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--nj", type=int, default=2, help="parallel synthesis processes")
+    s.add_argument("out_dir")
+    s = verb(corpus, "prepare", cmd_corpus_prepare, "make Kaldi data dirs (train/dev/test) from a synthesized corpus")
+    s.add_argument("corpus_dir")
+    s.add_argument("data_dir")
+
+    # data
+    data = verbs.add_parser("data", help="Kaldi data dirs: validate, subset").add_subparsers(
+        dest="sub", metavar="SUB", required=True
+    )
+    s = verb(data, "validate", cmd_data_validate, "check every file and audio entry of a data dir")
+    s.add_argument("--allow-pipes", action="store_true", help="allow 'cmd |' entries in wav.scp (runs them)")
+    s.add_argument("--sample-rate", type=int, default=16000)
+    s.add_argument("--units", default=None, help="unit list (one symbol per line); default: A-Z, apostrophe, space")
+    s.add_argument("data_dir")
+    s = verb(data, "subset", cmd_data_subset, "subset a data dir by total duration, balanced over speakers")
+    s.add_argument("--duration", type=parse_duration, required=True, help="e.g. 10min, 1h, 10h")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("src_dir")
+    s.add_argument("dst_dir")
+
+    # feats
+    feats = verbs.add_parser("feats", help="feature extraction").add_subparsers(dest="sub", metavar="SUB", required=True)
+    s = verb(feats, "dump", cmd_feats_dump, "compute features of a data dir into shards <rank>_<nj>.npy/.len")
+    s.add_argument("--type", choices=["mfcc", "fbank", "layer"], default="mfcc")
+    s.add_argument("--nj", type=int, default=1, help="number of shards")
+    s.add_argument("--rank", type=int, default=None, help="shard to write (default: all shards)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--checkpoint", default=None, help="experiment dir of a trained model (--type layer)")
+    s.add_argument("--layer", type=int, default=None, help="encoder layer to dump (--type layer)")
+    s.add_argument("--allow-pipes", action="store_true")
+    s.add_argument("--no-resample", action="store_true", help="refuse audio at another sample rate")
+    s.add_argument("--skip-bad", action="store_true", help="skip unreadable utterances, listing them in bad_utts")
+    s.add_argument("data_dir")
+    s.add_argument("out_dir")
+    s = verb(feats, "check", cmd_feats_check, "check that all shards of a feature dir are complete")
+    s.add_argument("--nj", type=int, required=True)
+    s.add_argument("feat_dir")
+
+    # kmeans
+    km = verbs.add_parser("kmeans", help="offline k-means targets").add_subparsers(dest="sub", metavar="SUB", required=True)
+    s = verb(km, "fit", cmd_kmeans_fit, "fit k-means (k-means++ init) on a sample of frames")
+    s.add_argument("--k", type=int, default=100)
+    s.add_argument("--sample-frac", type=float, default=1.0, help="fraction of utterances to sample frames from")
+    s.add_argument("--max-frames", type=int, default=2_000_000, help="cap on sampled frames")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("feat_dir")
+    s.add_argument("model")
+    s = verb(km, "label", cmd_kmeans_label, "label every utterance with the nearest centroid")
+    s.add_argument("--device", default="auto")
+    s.add_argument("model")
+    s.add_argument("feat_dir")
+    s.add_argument("out", help="OUT.km; dict.km.txt and the label rate are written beside it")
+
+    # train
+    s = verb(verbs, "train", cmd_train, "train a model (pretraining or CTC fine-tuning) from a YAML config")
+    s.add_argument("config")
+    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 out_dir=exp/x")
+
+    # decode / score / results
+    s = verb(verbs, "decode", cmd_decode, "CTC greedy decoding of a data dir with a fine-tuned model")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--batch-seconds", type=float, default=200.0, help="audio seconds per batch")
+    s.add_argument("exp_dir")
+    s.add_argument("data_dir")
+    s.add_argument("out_dir")
+    s = verb(verbs, "score", cmd_score, "WER of hypotheses against references (Kaldi text files)")
+    s.add_argument("--out-dir", default=None, help="write wer summary and per-utterance errors here")
+    s.add_argument("ref")
+    s.add_argument("hyp")
+    s = verb(verbs, "results", cmd_results, "collect scored decode dirs into a RESULTS.md table")
+    s.add_argument("--out", required=True)
+    s.add_argument("decode_dirs", nargs="+")
+
+    # bench
+    bench = verbs.add_parser("bench", help="benchmarks against references measured in the same run").add_subparsers(
+        dest="what", metavar="WHAT", required=True
+    )
+    s = verb(bench, "feats", cmd_bench, "MFCC/fbank throughput vs kaldi-native-fbank")
+    s.add_argument("--seconds", type=float, default=600.0, help="audio seconds to process")
+    s.add_argument("--batch-size", type=int, default=16)
+    s = verb(bench, "kmeans", cmd_bench, "k-means fit time and inertia vs scikit-learn MiniBatchKMeans and faiss")
+    s.add_argument("--frames", type=int, default=1_000_000)
+    s.add_argument("--dim", type=int, default=39)
+    s.add_argument("--k", type=int, default=500)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--skip", nargs="*", default=[], choices=["sklearn", "faiss"], help="references to leave out")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log = get_logger()
+    try:
+        args.fn(args)
+    except SslseqError as e:
+        log.error("%s", e)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

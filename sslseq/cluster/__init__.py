@@ -1,0 +1,1 @@
+"""Offline k-means targets: fit, label, quality metrics."""

@@ -1,0 +1,120 @@
+"""Typed dataclass configs loaded from YAML with ``key=value`` overrides.
+
+Unknown keys are errors that name the nearest valid keys, so a typo never silently
+falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from sslseq.utils import SslseqError
+
+C = TypeVar("C")
+
+
+def _unknown_key_error(key: str, valid: list[str], where: str) -> SslseqError:
+    close = difflib.get_close_matches(key.split(".")[-1], valid, n=3, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return SslseqError(f"{where}: unknown config key '{key}'.{hint} Valid keys: {', '.join(sorted(valid))}")
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise SslseqError(f"{where}: config key '{key}' must be a mapping, got {value!r}")
+        return from_dict(tp, value, where=where, prefix=f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key, where)
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise SslseqError(f"{where}: config key '{key}' must be a list, got {value!r}")
+        items = [_coerce(v, inner, key, where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise SslseqError(f"{where}: config key '{key}' must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[C], data: dict[str, Any], where: str = "config", prefix: str = "") -> C:
+    """Build dataclass ``cls`` from a (nested) dict, checking every key and type."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown_key_error(prefix + key, list(fields), where)
+        kwargs[key] = _coerce(value, hints[key], prefix + key, where)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type | None = None) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict."""
+    data = dict(data)
+    for item in overrides:
+        if "=" not in item:
+            raise SslseqError(f"override '{item}' must look like key=value (e.g. optim.lr=1e-4)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        node, node_cls = data, cls
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if node_cls is not None:
+                names = [f.name for f in dataclasses.fields(node_cls)]
+                if part not in names:
+                    raise _unknown_key_error(".".join(parts[: i + 1]), names, f"override '{item}'")
+                sub = typing.get_type_hints(node_cls)[part]
+                node_cls = sub if dataclasses.is_dataclass(sub) else None
+            if i == len(parts) - 1:
+                node[part] = value
+            else:
+                child = node.get(part)
+                node[part] = dict(child) if isinstance(child, dict) else {}
+                node = node[part]
+    return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SslseqError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SslseqError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise SslseqError(f"{path}: a config must be a mapping of keys to values")
+    return data
+
+
+def load_config(cls: type[C], path: str | Path | None, overrides: list[str] = ()) -> C:
+    """Load ``cls`` from a YAML file (or defaults when ``path`` is None) plus overrides."""
+    data = load_yaml(path) if path is not None else {}
+    data = apply_overrides(data, list(overrides), cls)
+    return from_dict(cls, data, where=str(path) if path else "config")
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    from sslseq.utils import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Kaldi data dirs, corpus preparation, text units and batching."""

@@ -1,0 +1,1 @@
+"""Kaldi-compatible fbank / MFCC in torch, the sharded feature store, layer features."""

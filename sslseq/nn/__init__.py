@@ -1,0 +1,1 @@
+"""Shared building blocks: conv frontend, transformer layers, positional conv, span masking."""

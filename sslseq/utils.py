@@ -1,0 +1,82 @@
+"""Small helpers shared by every module: user-facing errors, atomic writes, logging, progress bars."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+class SslseqError(Exception):
+    """An error caused by the user's input (a file, a config, an option).
+
+    The CLI prints its message without a traceback, so the message must say what was
+    wrong, where (file, line, utterance) and what to do.
+    """
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
+
+    A reader never sees a half-written file, and a killed process leaves at most a
+    ``.tmp`` file behind that the next run overwrites.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+
+def get_logger(name: str = "sslseq") -> logging.Logger:
+    """The package logger: timestamped lines on stderr, set up once."""
+    root = logging.getLogger("sslseq")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
+        root.setLevel(os.environ.get("SSLSEQ_LOGLEVEL", "INFO"))
+        root.propagate = False
+    return logging.getLogger(name)
+
+
+def progress(iterable: Iterable[T], desc: str = "", total: int | None = None, unit: str = "it") -> Iterable[T]:
+    """A tqdm progress bar on stderr; updates rarely when stderr is not a terminal (logs, CI)."""
+    from tqdm import tqdm
+
+    interactive = sys.stderr.isatty()
+    return tqdm(
+        iterable,
+        desc=desc,
+        total=total,
+        unit=unit,
+        mininterval=0.5 if interactive else 30.0,
+        disable=os.environ.get("SSLSEQ_NO_PROGRESS") == "1",
+        dynamic_ncols=True,
+    )
