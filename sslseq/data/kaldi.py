@@ -1,0 +1,395 @@
+"""Kaldi data dirs: wav.scp, text, utt2spk, spk2utt, utt2dur.
+
+Files are ``<key> <value>`` lines sorted in C (byte) order with unique keys. Utterance
+ids start with their speaker id so that sorting by utterance and by speaker agree.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sslseq.audio import audio_info
+from sslseq.data.text import DEFAULT_UNITS, CharTokenizer
+from sslseq.utils import SslseqError, atomic_write_text, get_logger, progress
+
+log = get_logger(__name__)
+
+DUR_TOLERANCE = 0.05  # seconds; utt2dur vs the audio's real length
+_MAX_ERRORS_SHOWN = 10
+
+
+def c_key(s: str) -> bytes:
+    """Sort key of LC_ALL=C sort: raw bytes."""
+    return s.encode("utf-8", "surrogateescape")
+
+
+def c_sorted(keys) -> list[str]:
+    return sorted(keys, key=c_key)
+
+
+def _parse_map(path: Path) -> tuple[list[tuple[str, str, int]], list[str]]:
+    """(key, value, line_no) entries and problem lines; never raises on content."""
+    entries: list[tuple[str, str, int]] = []
+    problems: list[str] = []
+    first_line: dict[str, int] = {}
+    prev: str | None = None
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for no, raw in enumerate(f, 1):
+            line = raw.rstrip("\r\n")
+            parts = line.strip().split(maxsplit=1)
+            if not parts:
+                problems.append(f"{path}:{no}: empty line; remove it")
+                continue
+            key, value = parts[0], (parts[1].strip() if len(parts) > 1 else "")
+            if not value:
+                problems.append(f"{path}:{no}: {key}: has no value (expected '<key> <value>')")
+                continue
+            if key in first_line:
+                problems.append(f"{path}:{no}: {key}: duplicate key (first on line {first_line[key]}); remove one")
+                continue
+            if prev is not None and c_key(key) < c_key(prev):
+                problems.append(f"{path}:{no}: {key}: not sorted (comes after '{prev}'); sort the file with 'LC_ALL=C sort'")
+            first_line[key] = no
+            prev = key
+            entries.append((key, value, no))
+    return entries, problems
+
+
+def _raise_problems(problems: list[str]) -> None:
+    shown = problems[:_MAX_ERRORS_SHOWN]
+    more = f"\n... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+    raise SslseqError("\n".join(shown) + more)
+
+
+def read_kaldi_map(path: str | os.PathLike, *, allow_missing: bool = False) -> dict[str, tuple[str, int]]:
+    """``key -> (value, line_no)``; malformed lines and duplicate keys are errors (order is not checked)."""
+    path = Path(path)
+    if not path.is_file():
+        if allow_missing:
+            return {}
+        raise SslseqError(f"{path}: file not found")
+    entries, problems = _parse_map(path)
+    problems = [p for p in problems if ": not sorted" not in p]
+    if problems:
+        _raise_problems(problems)
+    return {k: (v, no) for k, v, no in entries}
+
+
+@dataclass
+class DataDir:
+    path: Path
+    utts: list[str]
+    wav: dict[str, str]
+    text: dict[str, str] = field(default_factory=dict)
+    utt2spk: dict[str, str] = field(default_factory=dict)
+    utt2dur: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_seconds(self) -> float:
+        return float(sum(self.utt2dur.values()))
+
+    def speakers(self) -> list[str]:
+        return c_sorted(set(self.utt2spk.values()))
+
+
+def _parse_durations(path: Path, m: dict[str, tuple[str, int]]) -> tuple[dict[str, float], list[str]]:
+    durs: dict[str, float] = {}
+    problems = []
+    for utt, (value, no) in m.items():
+        try:
+            d = float(value)
+        except ValueError:
+            problems.append(f"{path}:{no}: {utt}: duration '{value}' is not a number")
+            continue
+        if not d > 0:
+            problems.append(f"{path}:{no}: {utt}: duration {value} is not positive")
+        durs[utt] = d
+    return durs, problems
+
+
+def _set_problems(
+    ref_name: str, ref: dict[str, tuple[str, int]], path: Path, other: dict[str, tuple[str, int]], what: str
+) -> list[str]:
+    """Lines for utterances in one file but not the other, each at its own file:line."""
+    problems = [f"{path}:{no}: {u}: in {path.name} but not in {ref_name}" for u, (_, no) in other.items() if u not in ref]
+    problems += [f"{ref_name}:{no}: {u}: {what}" for u, (_, no) in ref.items() if u not in other]
+    return problems
+
+
+def load_data_dir(path: str | os.PathLike) -> DataDir:
+    """Read a data dir; wav.scp, utt2spk and utt2dur are required, text is optional."""
+    path = Path(path)
+    if not path.is_dir():
+        raise SslseqError(f"{path}: data dir not found")
+    maps = {}
+    for name in ("wav.scp", "utt2spk", "utt2dur"):
+        f = path / name
+        if not f.is_file():
+            hint = {
+                "wav.scp": "a data dir needs '<utt> <wav path or cmd |>' lines in wav.scp",
+                "utt2spk": "create it ('<utt> <spk>' lines; use '<utt> <utt>' if speakers are unknown)",
+                "utt2dur": "create it with Kaldi's utils/data/get_utt2dur.sh, or re-run 'sslseq corpus prepare', "
+                "then check the dir with 'sslseq data validate'",
+            }[name]
+            raise SslseqError(f"{f}: required file missing; {hint}")
+        maps[name] = read_kaldi_map(f)
+    text_map = read_kaldi_map(path / "text", allow_missing=True)
+    wav_name = str(path / "wav.scp")
+    problems: list[str] = []
+    for name, m in (("utt2spk", maps["utt2spk"]), ("utt2dur", maps["utt2dur"])):
+        problems += _set_problems(wav_name, maps["wav.scp"], path / name, m, f"missing from {name}")
+    if text_map:
+        problems += _set_problems(wav_name, maps["wav.scp"], path / "text", text_map, "no transcript in text")
+    durs, dur_problems = _parse_durations(path / "utt2dur", maps["utt2dur"])
+    problems += dur_problems
+    if problems:
+        _raise_problems(problems + ["(run 'sslseq data validate' on the dir for a full report)"])
+    return DataDir(
+        path=path,
+        utts=c_sorted(maps["wav.scp"]),
+        wav={u: v for u, (v, _) in maps["wav.scp"].items()},
+        text={u: v for u, (v, _) in text_map.items()},
+        utt2spk={u: v for u, (v, _) in maps["utt2spk"].items()},
+        utt2dur=durs,
+    )
+
+
+def _lines(m: dict[str, str]) -> str:
+    return "".join(f"{k} {m[k]}\n" for k in c_sorted(m))
+
+
+def write_data_dir(
+    path: str | os.PathLike,
+    *,
+    wav: dict[str, str],
+    text: dict[str, str] | None,
+    utt2spk: dict[str, str],
+    utt2dur: dict[str, float],
+) -> None:
+    """Write wav.scp, text (if given), utt2spk, spk2utt and utt2dur, C-sorted, atomically."""
+    path = Path(path)
+    utts = set(wav)
+    for name, m in (("text", text), ("utt2spk", utt2spk), ("utt2dur", utt2dur)):
+        if m is None or (name == "text" and not m):
+            continue
+        if set(m) != utts:
+            diff = c_sorted(set(m) ^ utts)[:5]
+            raise SslseqError(f"{path}: {name} and wav.scp cover different utterances (e.g. {', '.join(diff)})")
+    for u in utts:
+        if any(c.isspace() for c in u) or any(c.isspace() for c in utt2spk[u]):
+            raise SslseqError(f"{path}: utterance or speaker id {u!r} contains whitespace")
+    spk2utt: dict[str, list[str]] = {}
+    for u in c_sorted(utt2spk):
+        spk2utt.setdefault(utt2spk[u], []).append(u)
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path / "wav.scp", _lines(wav))
+    if text:
+        atomic_write_text(path / "text", _lines(text))
+    elif (path / "text").exists():
+        (path / "text").unlink()  # a stale transcript file would disagree with wav.scp
+    atomic_write_text(path / "utt2spk", _lines(utt2spk))
+    atomic_write_text(path / "spk2utt", _lines({s: " ".join(us) for s, us in spk2utt.items()}))
+    atomic_write_text(path / "utt2dur", _lines({u: f"{float(d):.3f}" for u, d in utt2dur.items()}))
+
+
+def _load_tokenizer(units: str | os.PathLike | CharTokenizer | None) -> CharTokenizer:
+    if units is None:
+        return CharTokenizer(DEFAULT_UNITS)
+    if isinstance(units, CharTokenizer):
+        return units
+    return CharTokenizer.from_file(units)
+
+
+def _read_for_validation(
+    path: Path, required: bool, problems: list[str]
+) -> list[tuple[str, str, int]] | None:
+    if not path.is_file():
+        if required:
+            problems.append(f"{path}: required file missing")
+        return None
+    entries, p = _parse_map(path)
+    problems.extend(p)
+    return entries
+
+
+def validate_data_dir(
+    path: str | os.PathLike,
+    *,
+    allow_pipes: bool = False,
+    sample_rate: int = 16000,
+    units: str | os.PathLike | CharTokenizer | None = None,
+) -> list[str]:
+    """Every problem of a data dir, one ``<file>:<line>: <utt>: <what>`` line each (empty: OK)."""
+    path = Path(path)
+    if not path.is_dir():
+        return [f"{path}: data dir not found"]
+    tok = _load_tokenizer(units)
+    problems: list[str] = []
+    files = {
+        name: _read_for_validation(path / name, name != "text", problems)
+        for name in ("wav.scp", "text", "utt2spk", "spk2utt", "utt2dur")
+    }
+    maps = {name: {k: (v, no) for k, v, no in e} for name, e in files.items() if e is not None}
+    wav = maps.get("wav.scp")
+    wav_name = str(path / "wav.scp")
+    if wav is not None:
+        checks = (("text", "no transcript in text"), ("utt2spk", "missing from utt2spk"), ("utt2dur", "missing from utt2dur"))
+        for name, what in checks:
+            if name in maps:
+                problems += _set_problems(wav_name, wav, path / name, maps[name], what)
+    if "utt2spk" in maps:
+        problems += _check_speakers(path, maps["utt2spk"], maps.get("spk2utt"))
+    durs: dict[str, float] = {}
+    if "utt2dur" in maps:
+        durs, p = _parse_durations(path / "utt2dur", maps["utt2dur"])
+        problems += p
+    if "text" in maps:
+        for utt, (value, no) in maps["text"].items():
+            bad = tok.check_text(value)
+            if bad:
+                shown = ", ".join(repr(c) for c in bad)
+                problems.append(
+                    f"{path / 'text'}:{no}: {utt}: characters not in the unit set: {shown} "
+                    "(normalize the text, or pass --units with a units file that has them)"
+                )
+    if wav is not None:
+        problems += _check_audio(path, wav, durs, maps.get("utt2dur", {}), allow_pipes, sample_rate)
+    return problems
+
+
+def _check_speakers(
+    path: Path, utt2spk: dict[str, tuple[str, int]], spk2utt: dict[str, tuple[str, int]] | None
+) -> list[str]:
+    problems = []
+    u2s_name = path / "utt2spk"
+    # Kaldi needs utt2spk sorted by utterance to be sorted by speaker too.
+    prev_spk = None
+    for utt in c_sorted(utt2spk):
+        spk, no = utt2spk[utt]
+        if prev_spk is not None and c_key(spk) < c_key(prev_spk):
+            problems.append(
+                f"{u2s_name}:{no}: {utt}: speaker '{spk}' sorts before the previous utterance's speaker "
+                f"'{prev_spk}'; make utterance ids start with the speaker id"
+            )
+        prev_spk = spk
+    if spk2utt is None:
+        return problems
+    s2u_name = path / "spk2utt"
+    listed: dict[str, str] = {}
+    for spk, (value, no) in spk2utt.items():
+        for utt in value.split():
+            if utt in listed:
+                problems.append(f"{s2u_name}:{no}: {utt}: listed twice (speakers '{listed[utt]}' and '{spk}')")
+                continue
+            listed[utt] = spk
+            if utt not in utt2spk:
+                problems.append(f"{s2u_name}:{no}: {utt}: in spk2utt but not in utt2spk")
+            elif utt2spk[utt][0] != spk:
+                problems.append(
+                    f"{s2u_name}:{no}: {utt}: under speaker '{spk}' but utt2spk says '{utt2spk[utt][0]}'; "
+                    "regenerate spk2utt from utt2spk (Kaldi utils/utt2spk_to_spk2utt.pl)"
+                )
+    for utt, (spk, no) in utt2spk.items():
+        if utt not in listed:
+            problems.append(f"{u2s_name}:{no}: {utt}: not listed in spk2utt; regenerate spk2utt from utt2spk")
+    return problems
+
+
+def _check_audio(
+    path: Path,
+    wav: dict[str, tuple[str, int]],
+    durs: dict[str, float],
+    dur_map: dict[str, tuple[str, int]],
+    allow_pipes: bool,
+    sample_rate: int,
+) -> list[str]:
+    problems = []
+    wav_name = path / "wav.scp"
+    other_rates: dict[int, int] = {}
+    for utt in progress(c_sorted(wav), desc=f"validate {path.name}", total=len(wav), unit="utt"):
+        spec, no = wav[utt]
+        where = f"{wav_name}:{no}: {utt}"
+        try:
+            sr, channels, frames = audio_info(spec, allow_pipes=allow_pipes, where=where)
+        except SslseqError as e:
+            problems.append(str(e))
+            continue
+        if channels != 1:
+            problems.append(
+                f"{where}: audio has {channels} channels, sslseq needs mono; downmix it (e.g. 'sox in.wav -c 1 out.wav')"
+            )
+        if sr != sample_rate:
+            other_rates[sr] = other_rates.get(sr, 0) + 1
+            if other_rates[sr] == 1:
+                log.warning(
+                    "%s: audio is %d Hz, not %d Hz; it will be resampled when read (unless --no-resample)",
+                    where, sr, sample_rate,
+                )
+        if utt in durs:
+            real = frames / sr
+            if abs(real - durs[utt]) > DUR_TOLERANCE:
+                problems.append(
+                    f"{path / 'utt2dur'}:{dur_map[utt][1]}: {utt}: utt2dur says {durs[utt]:.3f} s but the audio "
+                    f"is {real:.3f} s; recompute utt2dur"
+                )
+    for sr, n in other_rates.items():
+        log.warning("%s: %d utterance(s) are %d Hz instead of %d Hz", wav_name, n, sr, sample_rate)
+    return problems
+
+
+def subset_by_duration(src: str | os.PathLike, dst: str | os.PathLike, *, seconds: float, seed: int = 0) -> DataDir:
+    """Write a subset of ``src`` with about ``seconds`` of audio, balanced over speakers.
+
+    Speakers take turns (in a seeded order) giving one utterance each (their own order
+    seeded too) until the total reaches ``seconds``; so it overshoots by less than one
+    utterance and speakers' counts differ by at most one unless a speaker runs out.
+    """
+    d = load_data_dir(src)
+    if seconds <= 0:
+        raise SslseqError(f"subset duration must be positive, got {seconds} s")
+    total = d.total_seconds
+    if total < seconds:
+        raise SslseqError(
+            f"{src}: holds only {total:.1f} s ({total / 3600:.2f} h) of audio, less than the {seconds:.1f} s asked; "
+            "ask for less or use a bigger source dir"
+        )
+    rng = random.Random(seed)
+    by_spk: dict[str, list[str]] = {}
+    for u in d.utts:
+        by_spk.setdefault(d.utt2spk[u], []).append(u)
+    order = c_sorted(by_spk)
+    rng.shuffle(order)
+    queues = []
+    for spk in order:
+        us = list(by_spk[spk])
+        rng.shuffle(us)
+        queues.append(us)
+    chosen: list[str] = []
+    acc = 0.0
+    turn = 0
+    while acc < seconds:
+        queues = [q for q in queues if q]
+        if not queues:  # only float rounding can get here: everything is taken
+            break
+        q = queues[turn % len(queues)]
+        u = q.pop(0)
+        chosen.append(u)
+        acc += d.utt2dur[u]
+        turn = turn % len(queues) + (1 if q else 0)
+    keep = set(chosen)
+    write_data_dir(
+        dst,
+        wav={u: d.wav[u] for u in keep},
+        text={u: d.text[u] for u in keep} if d.text else None,
+        utt2spk={u: d.utt2spk[u] for u in keep},
+        utt2dur={u: d.utt2dur[u] for u in keep},
+    )
+    n_spk = len({d.utt2spk[u] for u in keep})
+    log.info(
+        "%s: %.1f s (%.2f h) in %d utterances from %d speakers (asked %.1f s)",
+        dst, acc, acc / 3600, len(keep), n_spk, seconds,
+    )
+    return load_data_dir(dst)

@@ -1,0 +1,122 @@
+"""Text normalization and the character unit set used for CTC fine-tuning.
+
+Units are letters plus apostrophe, with ``<blank>`` (id 0) for CTC and ``|`` for a word
+boundary (fairseq letter-target convention).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+import unicodedata
+from pathlib import Path
+
+from sslseq.utils import SslseqError, atomic_write_text
+
+BLANK = "<blank>"
+WORD_SEP = "|"
+DEFAULT_UNITS: list[str] = [BLANK, WORD_SEP, "'", *string.ascii_uppercase]
+
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
+_NOT_KEPT = re.compile(r"[^A-Z' ]+")
+# An apostrophe is kept inside a word (DON'T) or after a plural S (SAINTS'); elsewhere it is
+# a quote mark and goes.
+_LOOSE_APOSTROPHE = re.compile(r"(?<![A-Z])'+|(?<!S)'+(?![A-Z])|(?<=S)''+(?![A-Z])")
+_SPACES = re.compile(r" +")
+
+
+def normalize_text(s: str) -> str:
+    """Upper-case A-Z, apostrophe and single spaces; everything else becomes a space.
+
+    Accented letters lose their accent (CAFÉ -> CAFE). Digits are NOT spelled out: they
+    are dropped like punctuation, so spell numbers out beforehand if they are spoken.
+    Apostrophes stay inside words (IT'S) and after a final S (SAINTS'), not as quotes.
+    """
+    s = unicodedata.normalize("NFKD", s.translate(_APOSTROPHES))
+    s = "".join(c for c in s if not unicodedata.combining(c)).upper()
+    s = _NOT_KEPT.sub(" ", s)
+    s = _LOOSE_APOSTROPHE.sub(" ", s)
+    return _SPACES.sub(" ", s).strip()
+
+
+class CharTokenizer:
+    """Maps normalized text to unit ids and back; a space is the ``|`` unit."""
+
+    blank_id = 0
+
+    def __init__(self, units: list[str]):
+        units = list(units)
+        if not units or units[0] != BLANK:
+            raise SslseqError(f"unit list must start with '{BLANK}' (CTC blank, id 0); got {units[:3]}")
+        if WORD_SEP not in units:
+            raise SslseqError(f"unit list must contain the word boundary unit '{WORD_SEP}'")
+        seen: set[str] = set()
+        for u in units:
+            if u in seen:
+                raise SslseqError(f"unit '{u}' appears twice in the unit list")
+            if not u or any(c.isspace() for c in u):
+                raise SslseqError(f"unit {u!r} is empty or contains whitespace")
+            seen.add(u)
+        self.units = units
+        self._ids = {u: i for i, u in enumerate(units)}
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "CharTokenizer":
+        path = Path(path)
+        if not path.is_file():
+            raise SslseqError(f"{path}: units file not found (one unit per line, first '{BLANK}')")
+        units = []
+        for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            unit = line.strip()
+            if not unit:
+                raise SslseqError(f"{path}:{no}: empty line in units file; remove it")
+            units.append(unit)
+        try:
+            return cls(units)
+        except SslseqError as e:
+            raise SslseqError(f"{path}: {e}") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, "".join(f"{u}\n" for u in self.units))
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def check_text(self, text: str) -> list[str]:
+        """Characters of ``text`` that have no unit (each once, in order of appearance)."""
+        bad: list[str] = []
+        for c in text:
+            if c == " ":
+                c = WORD_SEP
+            if c not in self._ids and c not in bad:
+                bad.append(c)
+        return bad
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for n, word in enumerate(text.split()):
+            if n:
+                ids.append(self._ids[WORD_SEP])
+            for c in word:
+                i = self._ids.get(c)
+                if i is None:
+                    raise SslseqError(
+                        f"character {c!r} (U+{ord(c):04X}) in {text!r} is not in the unit set; "
+                        "normalize the text (sslseq.data.text.normalize_text) or add it to the units file"
+                    )
+                ids.append(i)
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of already CTC-collapsed ids: blanks dropped, ``|`` becomes a space."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == self.blank_id:
+                continue
+            if not 0 <= i < len(self.units):
+                raise SslseqError(f"unit id {i} is outside 0..{len(self.units) - 1}: model and units file disagree")
+            u = self.units[i]
+            out.append(" " if u == WORD_SEP else u)
+        return _SPACES.sub(" ", "".join(out)).strip()

@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny synthesized corpus (about 4 minutes) and its Kaldi data dirs.
+
+Session-scoped, so the corpus is synthesized once per pytest run (a few seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("SSLSEQ_NO_PROGRESS", "1")
+
+needs_synth = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None or shutil.which("bible") is None,
+    reason="espeak-ng and bible-kjv are needed to synthesize the corpus (apt-get install espeak-ng bible-kjv)",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """``synthesize_corpus(tiny=True, seed=0)`` output dir: wav/, corpus.tsv, speakers.tsv."""
+    if shutil.which("espeak-ng") is None or shutil.which("bible") is None:
+        pytest.skip("espeak-ng and bible-kjv are needed to synthesize the corpus")
+    from sslseq.data.synth import synthesize_corpus
+
+    out = tmp_path_factory.mktemp("tiny_corpus")
+    synthesize_corpus(out, hours=0.0, seed=0, tiny=True, nj=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_corpus: Path, tmp_path_factory) -> Path:
+    """Kaldi data dirs ``train``, ``dev``, ``test`` of the tiny corpus (read-only: copy before editing)."""
+    from sslseq.data.synth import prepare_data_dirs
+
+    out = tmp_path_factory.mktemp("tiny_data")
+    prepare_data_dirs(tiny_corpus, out)
+    return out
