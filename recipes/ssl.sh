@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# The shared SSL recipe: data → features → k-means targets → pretraining → CTC fine-tuning → WER.
+# A corpus's egs/<corpus>/run.sh calls this with its defaults; every stage is one or two
+# `sslseq` calls (the logic lives in the sslseq package). Stages skip finished work (a .done
+# marker holding the stage's options, written last), write outputs atomically, and can be
+# killed and rerun.
+set -euo pipefail
+
+recipe_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root_dir=$(dirname "$recipe_dir")
+# The caller runs from egs/<corpus>, which holds local/prepare.sh.
+corpus_dir=$(pwd)
+. "$root_dir/tools/common.sh"
+
+# ---------------------------------------------------------------- options (defaults)
+stage=0                # first stage to run
+stop_stage=7           # last stage to run
+workdir=.              # where corpus/ data/ dump/ exp/ are written
+nj=2                   # parallel jobs for data-parallel stages
+cmd=local              # job runner for --nj stages (local)
+device=auto            # cpu | cuda | auto
+tiny=false             # a tiny corpus and a few steps (tests: whole recipe in minutes)
+seed=0                 # random seed for the corpus, subsets, k-means and training
+hours=3                # audio to obtain (corpora that synthesize or choose a size)
+train_set=train        # unlabeled pretraining data
+dev_set=dev            # validation during training
+test_sets="dev test"   # decoded and scored in stage 7
+subset=                # labeled subset for CTC (duration, e.g. 10min, 1h); default 30min (tiny: 1min)
+feat_type=mfcc         # features for the first k-means iteration
+k=                     # clusters; default 100 (tiny: 20)
+model=hubert           # SSL family to pretrain
+pretrain_config=       # pretraining YAML; default recipes/conf/pretrain_${model}_tiny.yaml
+ctc_config=            # default: recipes/conf/ctc_tiny.yaml
+pretrain_steps=        # override optim.max_steps of the pretraining config
+ctc_steps=             # override optim.max_steps of the CTC config
+
+help_message="Usage: egs/<corpus>/run.sh [options]
+  Stages: 0 corpus + data dirs, 1 validate + labeled subset, 2 features, 3 k-means targets,
+          4 pretraining, 5 HuBERT iteration 2+ (not yet), 6 CTC fine-tuning (pretrained and
+          from scratch), 7 decoding + WER (RESULTS.md).
+  e.g. run.sh --stage 0 --stop-stage 3; run.sh --stage 4 --model hubert; run.sh --stage 6 --subset 1h"
+. "$root_dir/tools/parse_options.sh"
+
+if [ "$tiny" = true ]; then
+  subset=${subset:-1min}; k=${k:-20}
+  pretrain_steps=${pretrain_steps:-30}; ctc_steps=${ctc_steps:-30}
+fi
+subset=${subset:-30min}; k=${k:-100}
+pretrain_config=${pretrain_config:-$root_dir/recipes/conf/pretrain_${model}_tiny.yaml}
+ctc_config=${ctc_config:-$root_dir/recipes/conf/ctc_tiny.yaml}
+[ -f "$pretrain_config" ] || die "no pretraining config $pretrain_config (--model $model, --pretrain-config)"
+[ -f "$ctc_config" ] || die "no CTC config $ctc_config (--ctc-config)"
+[ "$cmd" = local ] || die "--cmd $cmd: only 'local' is supported so far"
+
+mkdir -p "$workdir" && cd "$workdir"
+labeled=${train_set}_${subset}
+label_tag=${feat_type}_k${k}
+pretrain_tag=$(basename "$pretrain_config" .yaml)_${label_tag}
+pretrain_dir=exp/${pretrain_tag}
+ctc_tag=$(basename "$ctc_config" .yaml)_${labeled}
+steps_override() { [ -z "$1" ] || echo "optim.max_steps=$1"; }
+
+run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
+timed() { local t0=$SECONDS; "$@"; log "stage took $((SECONDS - t0)) s"; }
+
+# ---------------------------------------------------------------- 0: corpus and data dirs
+if run_stage 0; then
+  log "stage 0: obtain the corpus and make data dirs"
+  opts="hours=$hours tiny=$tiny seed=$seed"
+  if stage_todo data "$opts"; then
+    timed "$corpus_dir/local/prepare.sh" --hours "$hours" --tiny "$tiny" --seed "$seed" --nj "$nj" corpus data
+    mark_done data "$opts"
+  fi
+fi
+
+# ---------------------------------------------------------------- 1: validate, labeled subset
+if run_stage 1; then
+  log "stage 1: validate data dirs, labeled subset of $subset"
+  for set in $train_set $dev_set $test_sets; do
+    sslseq data validate "data/$set"
+  done
+  opts="subset=$subset seed=$seed data=$(marker_id data)"
+  if stage_todo "data/$labeled" "$opts"; then
+    sslseq data subset --duration "$subset" --seed "$seed" "data/$train_set" "data/$labeled"
+    mark_done "data/$labeled" "$opts"
+  fi
+fi
+
+# ---------------------------------------------------------------- 2: features
+if run_stage 2; then
+  log "stage 2: $feat_type features (--nj $nj)"
+  t0=$SECONDS
+  for set in $(echo "$train_set $dev_set $test_sets" | tr ' ' '\n' | awk '!seen[$0]++'); do
+    out=dump/$feat_type/$set
+    opts="type=$feat_type nj=$nj data=$(marker_id data)"
+    if stage_todo "$out" "$opts"; then
+      "$root_dir/tools/run_jobs.sh" --cmd "$cmd" --max-parallel "$nj" "JOB=0:$((nj - 1))" "$out/log/dump.JOB.log" \
+        sslseq feats dump --type "$feat_type" --nj "$nj" --rank JOB --device "${device/auto/cpu}" "data/$set" "$out"
+      sslseq feats check --nj "$nj" "$out"
+      mark_done "$out" "$opts"
+    fi
+  done
+  log "stage 2 took $((SECONDS - t0)) s"
+fi
+
+# ---------------------------------------------------------------- 3: k-means targets
+if run_stage 3; then
+  log "stage 3: k-means (K=$k) on $train_set $feat_type features, labels for every set"
+  t0=$SECONDS
+  km_dir=exp/kmeans_$label_tag
+  opts="k=$k seed=$seed feats=$(marker_id "dump/$feat_type/$train_set")"
+  if stage_todo "$km_dir" "$opts"; then
+    sslseq kmeans fit --k "$k" --seed "$seed" --device "$device" "dump/$feat_type/$train_set" "$km_dir/model.safetensors"
+    mark_done "$km_dir" "$opts"
+  fi
+  lab_dir=dump/labels/$label_tag
+  opts="model=$(marker_id "$km_dir")"
+  if stage_todo "$lab_dir" "$opts"; then
+    for set in $(echo "$train_set $dev_set $test_sets" | tr ' ' '\n' | awk '!seen[$0]++'); do
+      sslseq kmeans label --device "$device" "$km_dir/model.safetensors" "dump/$feat_type/$set" "$lab_dir/$set.km"
+    done
+    mark_done "$lab_dir" "$opts"
+  fi
+  log "stage 3 took $((SECONDS - t0)) s"
+fi
+
+# ---------------------------------------------------------------- 4: pretraining
+if run_stage 4; then
+  log "stage 4: pretrain $model ($pretrain_config) → $pretrain_dir"
+  opts="config=$(md5sum < "$pretrain_config" | cut -c1-12) steps=$pretrain_steps seed=$seed labels=$(marker_id "dump/labels/$label_tag")"
+  if stage_todo "$pretrain_dir" "$opts"; then
+    timed sslseq train "$pretrain_config" out_dir="$pretrain_dir" seed="$seed" device="$device" \
+      data.train="data/$train_set" data.valid="data/$dev_set" \
+      data.labels_train="dump/labels/$label_tag/$train_set.km" data.labels_valid="dump/labels/$label_tag/$dev_set.km" \
+      $(steps_override "$pretrain_steps")
+    mark_done "$pretrain_dir" "$opts"
+  fi
+fi
+
+# ---------------------------------------------------------------- 5: HuBERT iteration 2+
+if run_stage 5; then
+  log "stage 5: HuBERT iteration 2+ is not implemented yet; skipping"
+fi
+
+# ---------------------------------------------------------------- 6: CTC fine-tuning
+if run_stage 6; then
+  for init in "$pretrain_dir" none; do
+    if [ "$init" = none ]; then out=exp/${ctc_tag}_scratch; else out=exp/${ctc_tag}_from_${pretrain_tag}; fi
+    log "stage 6: CTC on $labeled, init=$init → $out"
+    init_id=none; [ "$init" = none ] || init_id=$(marker_id "$init")
+    opts="config=$(md5sum < "$ctc_config" | cut -c1-12) steps=$ctc_steps seed=$seed init=$init_id data=$(marker_id "data/$labeled")"
+    if stage_todo "$out" "$opts"; then
+      timed sslseq train "$ctc_config" out_dir="$out" init="$init" seed="$seed" device="$device" \
+        data.train="data/$labeled" data.valid="data/$dev_set" $(steps_override "$ctc_steps")
+      mark_done "$out" "$opts"
+    fi
+  done
+fi
+
+# ---------------------------------------------------------------- 7: decoding and WER
+if run_stage 7; then
+  log "stage 7: decode and score $test_sets"
+  decode_dirs=()
+  for exp in exp/${ctc_tag}_from_${pretrain_tag} exp/${ctc_tag}_scratch; do
+    for set in $test_sets; do
+      out=$exp/decode_$set
+      opts="model=$(marker_id "$exp") data=$(marker_id data)"
+      if stage_todo "$out" "$opts"; then
+        sslseq decode --device "${device/auto/cpu}" "$exp" "data/$set" "$out"
+        mark_done "$out" "$opts"
+      fi
+      decode_dirs+=("$out")
+    done
+  done
+  sslseq results --out exp/RESULTS.md "${decode_dirs[@]}"
+  log "results: $(pwd)/exp/RESULTS.md"
+fi
