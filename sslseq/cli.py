@@ -116,7 +116,15 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_decode(a: argparse.Namespace) -> None:
     from sslseq.asr.decode import decode_data_dir
 
-    decode_data_dir(Path(a.exp_dir), Path(a.data_dir), Path(a.out_dir), device=a.device, batch_seconds=a.batch_seconds)
+    decode_data_dir(
+        Path(a.exp_dir),
+        Path(a.data_dir),
+        Path(a.out_dir),
+        device=a.device,
+        batch_seconds=a.batch_seconds,
+        beam=a.beam,
+        allow_pipes=a.allow_pipes,
+    )
 
 
 def cmd_score(a: argparse.Namespace) -> None:
@@ -224,8 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 out_dir=exp/x")
 
     # decode / score / results
-    s = verb(verbs, "decode", cmd_decode, "CTC greedy decoding of a data dir with a fine-tuned model")
+    s = verb(verbs, "decode", cmd_decode, "CTC decoding (greedy or prefix beam search) of a data dir, then WER")
     s.add_argument("--device", default="cpu")
+    s.add_argument("--beam", type=int, default=1, help="1: greedy; >1: CTC prefix beam search")
+    s.add_argument("--allow-pipes", action="store_true")
     s.add_argument("--batch-seconds", type=float, default=200.0, help="audio seconds per batch")
     s.add_argument("exp_dir")
     s.add_argument("data_dir")

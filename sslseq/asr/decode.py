@@ -1,0 +1,168 @@
+"""Decode a Kaldi data dir with a fine-tuned CTC model, then score it (recipe stage 7)."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from sslseq.asr.ctc_decode import beam_decode_batch, greedy_decode
+from sslseq.asr.score import ScoreResult, score_files
+from sslseq.utils import SslseqError, atomic_write_text, get_logger, progress
+
+log = get_logger(__name__)
+
+
+def make_batches(utts: list[str], durations: dict[str, float], batch_seconds: float) -> list[list[str]]:
+    """Group utterances, longest first, so that ``len(batch) * longest <= batch_seconds``.
+
+    Sorting by length keeps padding small; an utterance longer than the budget is
+    decoded alone.
+    """
+    if batch_seconds <= 0:
+        raise SslseqError(f"--batch-seconds must be positive, got {batch_seconds}")
+    order = sorted(utts, key=lambda u: (-durations[u], u))
+    batches: list[list[str]] = []
+    cur: list[str] = []
+    longest = 0.0
+    for u in order:
+        d = durations[u]
+        if cur and (len(cur) + 1) * max(longest, d) > batch_seconds:
+            batches.append(cur)
+            cur, longest = [], 0.0
+        cur.append(u)
+        longest = max(longest, d)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _pad(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    lens = torch.tensor([len(w) for w in waves], dtype=torch.int64)
+    batch = torch.zeros(len(waves), int(lens.max()), dtype=torch.float32)
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = torch.from_numpy(w)
+    return batch, lens
+
+
+def _normalized_refs(data_dir: Path, text: dict[str, str], out_dir: Path) -> Path:
+    """The data dir's ``text``, or a normalised copy in ``out_dir`` if it is not normalised.
+
+    Hypotheses are always normalised (upper case letters and apostrophes), so a raw
+    transcript with case or punctuation would otherwise count as errors.
+    """
+    from sslseq.data.text import normalize_text
+
+    norm = {u: normalize_text(t) for u, t in text.items()}
+    if all(" ".join(t.split()) == norm[u] for u, t in text.items()):
+        (out_dir / "ref.txt").unlink(missing_ok=True)  # a stale copy from an earlier run would mislead
+        return data_dir / "text"
+    changed = sum(" ".join(t.split()) != norm[u] for u, t in text.items())
+    log.info("%s: %d transcript(s) are not normalised; scoring against normalised copies in %s",
+             data_dir / "text", changed, out_dir / "ref.txt")
+    ref = out_dir / "ref.txt"
+    atomic_write_text(ref, "".join(f"{u} {norm[u]}\n" for u in text))
+    return ref
+
+
+def decode_data_dir(
+    exp_dir: Path,
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    device: str = "cpu",
+    batch_seconds: float = 200.0,
+    beam: int = 1,
+    allow_pipes: bool = False,
+) -> ScoreResult | None:
+    """Decode every utterance of ``data_dir`` with the CTC model of ``exp_dir``.
+
+    ``beam`` 1 is greedy decoding, larger values CTC prefix beam search. Writes
+    ``out_dir/hyp.txt`` and ``out_dir/decode.yaml``; when the data dir has a ``text``
+    file also scores (``wer``, ``wer.yaml``, ``errs``) and returns the result.
+    """
+    from sslseq.audio import read_audio
+    from sslseq.data.kaldi import load_data_dir
+    from sslseq.data.text import CharTokenizer
+    from sslseq.models import load as load_model
+
+    exp_dir, data_dir, out_dir = Path(exp_dir), Path(data_dir), Path(out_dir)
+    if beam < 1:
+        raise SslseqError(f"beam must be >= 1 (1 = greedy), got {beam}")
+    units = exp_dir / "units.txt"
+    if not units.is_file():
+        raise SslseqError(f"{units}: not found; {exp_dir} must be a fine-tuned CTC experiment dir (sslseq train)")
+    tokenizer = CharTokenizer.from_file(units)
+    data = load_data_dir(data_dir)
+    if not data.utts:
+        raise SslseqError(f"{data_dir}/wav.scp: no utterances to decode")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise SslseqError(f"--device {device!r} is not a valid torch device: {e}") from None
+    model = load_model(exp_dir).to(dev).eval()
+
+    batches = make_batches(data.utts, data.utt2dur, batch_seconds)
+    hyps: dict[str, str] = {}
+    audio_seconds = 0.0
+    compute_seconds = 0.0  # model + search only, so the RTF does not depend on disk speed
+    start = time.perf_counter()
+    log.info("decoding %d utterance(s) of %s in %d batch(es) with %s (%s)", len(data.utts), data_dir,
+             len(batches), exp_dir, "greedy" if beam == 1 else f"prefix beam search, beam {beam}")
+    with torch.inference_mode():
+        for batch in progress(batches, desc="decode", unit="batch"):
+            waves = [
+                read_audio(data.wav[u], allow_pipes=allow_pipes, where=f"{data_dir / 'wav.scp'}: {u}") for u in batch
+            ]
+            audio_seconds += sum(len(w) for w in waves) / 16000.0
+            t0 = time.perf_counter()
+            wav, wav_lens = _pad(waves)
+            log_probs, out_lens = model.log_probs(wav.to(dev), wav_lens.to(dev))
+            if log_probs.shape[-1] != len(tokenizer):
+                raise SslseqError(
+                    f"{exp_dir}: the model outputs {log_probs.shape[-1]} units but {units} lists {len(tokenizer)}; "
+                    "the units file does not belong to this model"
+                )
+            if beam == 1:
+                ids = greedy_decode(log_probs, out_lens, blank=tokenizer.blank_id)
+            else:
+                ids = beam_decode_batch(log_probs.float(), out_lens, beam=beam, blank=tokenizer.blank_id)
+            compute_seconds += time.perf_counter() - t0
+            for u, seq in zip(batch, ids):
+                hyps[u] = tokenizer.decode(seq)
+    wall = time.perf_counter() - start
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hyp_path = out_dir / "hyp.txt"
+    atomic_write_text(hyp_path, "".join(f"{u} {hyps[u]}".rstrip() + "\n" for u in data.utts))
+    info = {
+        "exp_dir": str(exp_dir),
+        "data_dir": str(data_dir),
+        "beam": beam,
+        "device": str(dev),
+        "torch_threads": torch.get_num_threads(),
+        "host": platform.node(),
+        "n_utts": len(data.utts),
+        "audio_seconds": round(audio_seconds, 3),
+        "wall_seconds": round(wall, 3),
+        "compute_seconds": round(compute_seconds, 3),
+        "rtf": round(compute_seconds / audio_seconds, 6) if audio_seconds > 0 else None,
+        "rtf_wall": round(wall / audio_seconds, 6) if audio_seconds > 0 else None,
+    }
+    atomic_write_text(out_dir / "decode.yaml", yaml.safe_dump(info, sort_keys=False))
+    log.info("decoded %.1f s of audio in %.1f s (RTF %.4f); hypotheses in %s",
+             audio_seconds, wall, info["rtf"] or 0.0, hyp_path)
+
+    if not data.text:
+        log.info("%s has no text file: not scoring", data_dir)
+        return None
+    ref = _normalized_refs(data_dir, data.text, out_dir)
+    result = score_files(ref, hyp_path, out_dir)
+    log.info("%s:\n%s", out_dir, result.summary())
+    return result

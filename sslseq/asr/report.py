@@ -1,0 +1,188 @@
+"""Collect scored decode dirs into a markdown results table (``RESULTS.md``)."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sslseq.utils import SslseqError, atomic_write_text, get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class _Row:
+    decode_dir: Path
+    exp_dir: Path
+    data_set: str
+    init: str  # "none" or the pretrained experiment's path
+    model: str
+    pretrain_model: str | None
+    train_data: str | None
+    wer: dict[str, Any]
+    decode: dict[str, Any]
+
+
+def _read_yaml(path: Path, hint: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise SslseqError(f"{path}: not found; {hint}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise SslseqError(f"{path}: not valid YAML ({e}); re-run the step that wrote it") from None
+    if not isinstance(data, dict):
+        raise SslseqError(f"{path}: expected a mapping of keys to values; re-run the step that wrote it")
+    return data
+
+
+def _model_name(cfg: dict[str, Any]) -> str:
+    """The model's registry name, wherever the config keeps it."""
+    m = cfg.get("model")
+    if isinstance(m, str):
+        return m
+    if isinstance(m, dict):
+        for key in ("name", "arch", "type", "encoder"):
+            if isinstance(m.get(key), str):
+                return m[key]
+    for key in ("model_name", "name", "arch"):
+        if isinstance(cfg.get(key), str):
+            return cfg[key]
+    return "?"
+
+
+def _train_data(cfg: dict[str, Any]) -> str | None:
+    d = cfg.get("data")
+    if isinstance(d, dict) and d.get("train") is not None:
+        return str(d["train"])
+    return None
+
+
+def _resolve(path: str, base: Path) -> Path:
+    # Paths in decode.yaml/config.yaml are as given on the command line, i.e. relative
+    # to where the recipe ran; that is the parent of exp/ for recipe layouts.
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p
+    for anchor in [base, *base.parents]:
+        if (anchor / p).exists():
+            return anchor / p
+    return p
+
+
+def _load_row(decode_dir: Path) -> _Row:
+    decode_dir = Path(decode_dir)
+    wer = _read_yaml(decode_dir / "wer.yaml", "score the decode dir first ('sslseq decode' with a data dir that has text, or 'sslseq score --out-dir')")
+    dec = _read_yaml(decode_dir / "decode.yaml", "decode the data set first with 'sslseq decode'")
+    for key in ("exp_dir", "data_dir"):
+        if key not in dec:
+            raise SslseqError(f"{decode_dir / 'decode.yaml'}: no '{key}' entry; re-run 'sslseq decode'")
+    exp_dir = _resolve(str(dec["exp_dir"]), decode_dir.resolve())
+    cfg = _read_yaml(exp_dir / "config.yaml", f"{exp_dir} must be the trained CTC experiment that {decode_dir} was decoded with")
+    init = cfg.get("init")
+    if init is None and isinstance(cfg.get("model"), dict):
+        init = cfg["model"].get("init")
+    init = "none" if init in (None, "", "none", "None") else str(init)
+    pretrain_model = None
+    if init != "none":
+        init_cfg = _resolve(init, exp_dir.resolve()) / "config.yaml"
+        if init_cfg.is_file():
+            icfg = _read_yaml(init_cfg, "")
+            pretrain_model = _model_name(icfg)
+            steps = (icfg.get("optim") or {}).get("max_steps") if isinstance(icfg.get("optim"), dict) else None
+            if steps is not None:
+                pretrain_model += f", {steps} steps"
+    return _Row(
+        decode_dir=decode_dir,
+        exp_dir=Path(str(dec["exp_dir"])),
+        data_set=Path(str(dec["data_dir"])).name,
+        init=init,
+        model=_model_name(cfg),
+        pretrain_model=pretrain_model,
+        train_data=_train_data(cfg),
+        wer=wer,
+        decode=dec,
+    )
+
+
+def _recipe_name(out: Path) -> str:
+    """``egs/<corpus>/run.sh`` when ``out`` lies inside a corpus directory."""
+    parts = out.resolve().parts
+    for i in range(len(parts) - 1):
+        if parts[i] == "egs":
+            return f"egs/{parts[i + 1]}/run.sh"
+    return "egs/<corpus>/run.sh"
+
+
+def _fmt(x: Any, digits: int = 2) -> str:
+    return f"{float(x):.{digits}f}" if x is not None else "-"
+
+
+def relative_reduction(baseline: float, improved: float) -> float | None:
+    """Relative error reduction in percent; None when the baseline has no errors."""
+    if baseline <= 0:
+        return None
+    return 100.0 * (baseline - improved) / baseline
+
+
+def write_results(decode_dirs: list[Path], out: Path) -> str:
+    """Markdown table of every decode dir's WER/CER, written atomically to ``out``."""
+    if not decode_dirs:
+        raise SslseqError("no decode dirs given; pass the decode_<set> dirs written by 'sslseq decode'")
+    rows = [_load_row(Path(d)) for d in decode_dirs]
+    out = Path(out)
+    lines = [
+        "# Results",
+        "",
+        f"Produced by `{_recipe_name(out)}` stage 7: "
+        f"`sslseq results --out {shlex.quote(str(out))} {' '.join(shlex.quote(str(d)) for d in decode_dirs)}`",
+        "",
+        "| experiment | model | init / pretraining | data set | WER % | CER % | #words | sub / del / ins |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        if r.init == "none":
+            init = "none (from scratch)"
+        else:
+            init = f"`{r.init}`" + (f" ({r.pretrain_model})" if r.pretrain_model else "")
+        w = r.wer
+        lines.append(
+            f"| `{r.exp_dir}` | {r.model} | {init} | {r.data_set} | {_fmt(w.get('wer'))} | {_fmt(w.get('cer'))} | "
+            f"{w.get('n_ref_words', '-')} | {w.get('n_sub', '-')} / {w.get('n_del', '-')} / {w.get('n_ins', '-')} |"
+        )
+
+    # Pretrained vs from-scratch pairs on the same test set (and, where the configs say,
+    # fine-tuned on the same labeled data): the number the recipe exists to measure.
+    notes = []
+    for scratch in (r for r in rows if r.init == "none"):
+        for pre in (r for r in rows if r.init != "none"):
+            if pre.data_set != scratch.data_set:
+                continue
+            if pre.train_data and scratch.train_data and pre.train_data != scratch.train_data:
+                continue
+            red = relative_reduction(float(scratch.wer["wer"]), float(pre.wer["wer"]))
+            what = "n/a (the from-scratch model makes no errors)" if red is None else f"{red:.1f} %"
+            notes.append(
+                f"- {pre.data_set}: relative WER reduction from pretraining: {what} "
+                f"(`{pre.exp_dir}` {_fmt(pre.wer['wer'])} vs `{scratch.exp_dir}` {_fmt(scratch.wer['wer'])})"
+            )
+    if notes:
+        lines += ["", *notes]
+
+    lines += ["", "Decoding commands:", ""]
+    for r in rows:
+        d = r.decode
+        beam = int(d.get("beam", 1))
+        search = "greedy" if beam == 1 else f"prefix beam search, beam {beam}"
+        rtf = f", RTF {_fmt(d.get('rtf'), 4)} on {d.get('device', '?')}" if d.get("rtf") is not None else ""
+        lines.append(
+            f"- `sslseq decode {'' if beam == 1 else f'--beam {beam} '}{shlex.quote(str(d['exp_dir']))} {shlex.quote(str(d['data_dir']))} "
+            f"{shlex.quote(str(r.decode_dir))}` ({search}{rtf})"
+        )
+    text = "\n".join(lines) + "\n"
+    atomic_write_text(out, text)
+    log.info("wrote %s (%d row(s))", out, len(rows))
+    return text
