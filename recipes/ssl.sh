@@ -59,6 +59,7 @@ pretrain_tag=$(basename "$pretrain_config" .yaml)_${label_tag}
 pretrain_dir=exp/${pretrain_tag}
 ctc_tag=$(basename "$ctc_config" .yaml)_${labeled}
 steps_override() { [ -z "$1" ] || echo "optim.max_steps=$1"; }
+all_sets=$(echo "$train_set $dev_set $test_sets" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | tr '\n' ' ')
 
 run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 timed() { local t0=$SECONDS; "$@"; log "stage took $((SECONDS - t0)) s"; }
@@ -76,7 +77,7 @@ fi
 # ---------------------------------------------------------------- 1: validate, labeled subset
 if run_stage 1; then
   log "stage 1: validate data dirs, labeled subset of $subset"
-  for set in $train_set $dev_set $test_sets; do
+  for set in $all_sets; do
     sslseq data validate "data/$set"
   done
   opts="subset=$subset seed=$seed data=$(marker_id data)"
@@ -90,7 +91,7 @@ fi
 if run_stage 2; then
   log "stage 2: $feat_type features (--nj $nj)"
   t0=$SECONDS
-  for set in $(echo "$train_set $dev_set $test_sets" | tr ' ' '\n' | awk '!seen[$0]++'); do
+  for set in $all_sets; do
     out=dump/$feat_type/$set
     opts="type=$feat_type nj=$nj data=$(marker_id data)"
     if stage_todo "$out" "$opts"; then
@@ -116,7 +117,7 @@ if run_stage 3; then
   lab_dir=dump/labels/$label_tag
   opts="model=$(marker_id "$km_dir")"
   if stage_todo "$lab_dir" "$opts"; then
-    for set in $(echo "$train_set $dev_set $test_sets" | tr ' ' '\n' | awk '!seen[$0]++'); do
+    for set in $all_sets; do
       sslseq kmeans label --device "$device" "$km_dir/model.safetensors" "dump/$feat_type/$set" "$lab_dir/$set.km"
     done
     mark_done "$lab_dir" "$opts"

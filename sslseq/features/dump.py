@@ -1,0 +1,268 @@
+"""``sslseq feats dump``: features of a Kaldi data dir into the sharded store.
+
+Each shard ``<rank>_<nj>`` covers a contiguous block of the data dir's sorted utterances.
+Within a shard, utterances are batched by length (sorted by duration, about
+``batch_seconds`` of padded audio per batch) for the batched torch extractors, and written
+in data-dir order. A complete shard is skipped, so a killed dump resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from sslseq.features import store
+from sslseq.utils import SslseqError, atomic_write_text, get_logger, progress
+
+log = get_logger(__name__)
+
+SAMPLE_RATE = 16000
+FEAT_TYPES = ("mfcc", "fbank", "layer")
+
+
+@dataclass
+class _Extractor:
+    """Turns a padded batch into per-utterance (frames, dim) arrays."""
+
+    feat_type: str
+    dim: int
+    frame_rate: float
+    batch_seconds: float
+    fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    device: torch.device
+    meta: dict = field(default_factory=dict)
+
+    def __call__(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        lengths = torch.tensor([len(w) for w in waves], dtype=torch.int64)
+        batch = np.zeros((len(waves), int(lengths.max())), dtype=np.float32)
+        for i, w in enumerate(waves):
+            batch[i, : len(w)] = w
+        with torch.inference_mode():
+            feats, frame_lens = self.fn(torch.from_numpy(batch).to(self.device), lengths.to(self.device))
+            feats = feats.float().cpu().numpy()
+        frame_lens = frame_lens.cpu().tolist()
+        return [np.ascontiguousarray(feats[i, : int(n)]) for i, n in enumerate(frame_lens)]
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise SslseqError(f"--device '{device}' is not a torch device (use cpu, cuda, cuda:1 or auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SslseqError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
+    return dev
+
+
+def _make_extractor(feat_type: str, device: torch.device, checkpoint: str | None, layer: int | None) -> _Extractor:
+    from sslseq.features import kaldi
+
+    if feat_type == "mfcc":
+        return _Extractor(
+            "mfcc", kaldi.feature_dim("mfcc"), kaldi.frame_rate, 200.0,
+            lambda w, n: kaldi.mfcc(w, n, deltas=True), device,
+            {"layout": "mfcc13+delta+delta-delta", "kaldi": "compute-mfcc-feats | add-deltas, dither 0"},
+        )  # fmt: skip
+    if feat_type == "fbank":
+        return _Extractor(
+            "fbank", kaldi.feature_dim("fbank"), kaldi.frame_rate, 200.0,
+            lambda w, n: kaldi.fbank(w, n), device, {"kaldi": "compute-fbank-feats --num-mel-bins=80, dither 0"},
+        )  # fmt: skip
+    if feat_type != "layer":
+        raise SslseqError(f"unknown feature type '{feat_type}' (use one of {', '.join(FEAT_TYPES)})")
+    return _layer_extractor(device, checkpoint, layer)
+
+
+def _layer_extractor(device: torch.device, checkpoint: str | None, layer: int | None) -> _Extractor:
+    if checkpoint is None or layer is None:
+        raise SslseqError("--type layer needs --checkpoint <experiment dir> and --layer <index>")
+    if not Path(checkpoint).exists():
+        raise SslseqError(f"--checkpoint {checkpoint}: no such experiment dir")
+    try:
+        from sslseq.models import load
+    except ImportError as e:
+        raise SslseqError(f"--type layer needs sslseq.models.load, which is not available: {e}") from None
+    model = load(Path(checkpoint))
+    model.eval().to(device)
+    # One second of silence tells us the number of hidden states and their dim before any real work.
+    with torch.inference_mode():
+        probe, _ = model.extract_features(
+            torch.zeros(1, SAMPLE_RATE, device=device), torch.tensor([SAMPLE_RATE], device=device)
+        )
+    if not 0 <= layer < len(probe):
+        raise SslseqError(
+            f"--layer {layer} is out of range: the model in {checkpoint} has {len(probe)} hidden states, "
+            f"--layer 0..{len(probe) - 1} (0 is the encoder input, i the output of transformer layer i)"
+        )
+    dim = int(probe[layer].shape[-1])
+
+    def fn(w: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, frame_lens = model.extract_features(w, n)
+        return hidden[layer], frame_lens
+
+    return _Extractor(
+        "layer", dim, float(model.frame_rate), 100.0, fn, device,
+        {"checkpoint": str(Path(checkpoint).resolve()), "layer": int(layer)},
+    )
+
+
+def _check_existing_meta(out_dir: Path, ex: _Extractor, nj: int) -> None:
+    """Refuse to mix shards of different features (a complete shard would otherwise be 'resumed')."""
+    if not (out_dir / store.META).is_file():
+        return
+    old = store.read_meta(out_dir)
+    new = {"type": ex.feat_type, "dim": ex.dim, "nj": nj}
+    new.update({k: ex.meta[k] for k in ("checkpoint", "layer") if k in ex.meta})
+    diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in new.items() if old.get(k) != v]
+    if diff:
+        raise SslseqError(
+            f"{out_dir} already holds other features ({'; '.join(diff)}); dump into a new dir or delete this one"
+        )
+
+
+def _batches(utts: list[str], durs: dict[str, float], batch_seconds: float) -> list[list[str]]:
+    """Utterances sorted by duration, grouped so that batch size x longest duration <= batch_seconds."""
+    order = sorted(utts, key=lambda u: (durs.get(u, 0.0), u))
+    out: list[list[str]] = []
+    cur: list[str] = []
+    for u in order:
+        if cur and (len(cur) + 1) * durs.get(u, 0.0) > batch_seconds:
+            out.append(cur)
+            cur = []
+        cur.append(u)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _wav_lines(data_dir: Path) -> dict[str, int]:
+    """Line numbers of wav.scp entries, for error messages (file:line: utt)."""
+    try:
+        from sslseq.data.kaldi import read_kaldi_map
+
+        return {u: no for u, (_, no) in read_kaldi_map(data_dir / "wav.scp").items()}
+    except (ImportError, SslseqError, OSError):
+        return {}
+
+
+def dump_features(
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    feat_type: str,
+    nj: int = 1,
+    rank: int | None = None,
+    device: str = "cpu",
+    checkpoint: str | None = None,
+    layer: int | None = None,
+    allow_pipes: bool = False,
+    resample: bool = True,
+    skip_bad: bool = False,
+    batch_seconds: float | None = None,
+) -> None:
+    """Write shards ``<rank>_<nj>`` (all ranks when ``rank`` is None) and ``feats.yaml`` into ``out_dir``.
+
+    feat_type: "mfcc" (39 = 13 Kaldi MFCC + delta + delta-delta), "fbank" (80 Kaldi log-mel), or
+    "layer" (hidden state ``layer`` of the model in experiment dir ``checkpoint``).
+    skip_bad: unreadable (or too short) utterances are listed in ``bad_utts.<rank>_<nj>`` and left
+    out of the shard instead of stopping the dump.
+    """
+    from sslseq.audio import read_audio
+    from sslseq.data.kaldi import load_data_dir
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if feat_type not in FEAT_TYPES:
+        raise SslseqError(f"unknown feature type '{feat_type}' (use one of {', '.join(FEAT_TYPES)})")
+    if nj < 1:
+        raise SslseqError(f"--nj must be >= 1, got {nj}")
+    if rank is not None:
+        store.shard_bounds(0, nj, rank)  # validates rank
+    dd = load_data_dir(data_dir)
+    ex = _make_extractor(feat_type, _resolve_device(device), checkpoint, layer)
+    _check_existing_meta(out_dir, ex, nj)
+    ranks = list(range(nj)) if rank is None else [rank]
+    todo = [r for r in ranks if not store.shard_complete(out_dir, r, nj)]
+    for r in ranks:
+        if r not in todo:
+            log.info("%s: shard %s already complete, skipping", out_dir, store.shard_name(r, nj))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store.write_meta(
+        out_dir, feat_type=feat_type, dim=ex.dim, frame_rate=ex.frame_rate, nj=nj, sample_rate=SAMPLE_RATE, **ex.meta
+    )
+    if not todo:
+        return
+    lines = _wav_lines(data_dir)
+    wav_scp = data_dir / "wav.scp"
+
+    def where(utt: str) -> str:
+        return f"{wav_scp}:{lines[utt]}: {utt}" if utt in lines else f"{wav_scp}: {utt}"
+
+    def read(batch: list[str]) -> list[tuple[str, np.ndarray | SslseqError]]:
+        out: list[tuple[str, np.ndarray | SslseqError]] = []
+        for utt in batch:
+            try:
+                wave = read_audio(
+                    dd.wav[utt], sample_rate=SAMPLE_RATE, allow_pipes=allow_pipes, resample=resample, where=where(utt)
+                )
+                out.append((utt, wave))
+            except SslseqError as e:
+                out.append((utt, e))
+            except Exception as e:  # a decoder's own exception: name the utterance all the same
+                out.append((utt, SslseqError(f"{where(utt)}: could not read audio: {type(e).__name__}: {e}")))
+        return out
+
+    bsec = batch_seconds or ex.batch_seconds
+    # One reader thread: decoding the next batch overlaps with computing this one.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        for r in todo:
+            start, end = store.shard_bounds(len(dd.utts), nj, r)
+            utts = dd.utts[start:end]
+            name = store.shard_name(r, nj)
+            batches = _batches(utts, dd.utt2dur, bsec)
+            feats: dict[str, np.ndarray] = {}
+            bad: dict[str, str] = {}
+            pending = pool.submit(read, batches[0]) if batches else None
+            for i in progress(range(len(batches)), desc=f"feats {feat_type} {name}", unit="batch"):
+                loaded = pending.result()
+                pending = pool.submit(read, batches[i + 1]) if i + 1 < len(batches) else None
+                good: list[tuple[str, np.ndarray]] = []
+                for utt, wave in loaded:
+                    if isinstance(wave, SslseqError):
+                        bad[utt] = str(wave)
+                    elif len(wave) < 400:  # shorter than one 25 ms frame: no features at all
+                        bad[utt] = (
+                            f"{where(utt)}: {len(wave) / SAMPLE_RATE:.3f} s of audio is shorter than one 25 ms "
+                            f"frame, so it has no {feat_type} features; drop it from the data dir"
+                        )
+                    else:
+                        good.append((utt, wave))
+                if bad and not skip_bad:
+                    first = next(iter(bad.values()))
+                    raise SslseqError(f"{first} (or pass --skip-bad to leave such utterances out)")
+                if good:
+                    for (utt, _), f in zip(good, ex([w for _, w in good])):
+                        if len(f) == 0:
+                            bad[utt] = f"{where(utt)}: the model produced no frames for this utterance (too short)"
+                            if not skip_bad:
+                                raise SslseqError(bad[utt] + " (or pass --skip-bad to leave it out)")
+                        else:
+                            feats[utt] = f
+            bad_file = out_dir / f"bad_utts.{name}"
+            if bad:
+                for utt, msg in bad.items():
+                    log.warning("skipping %s", msg)
+                atomic_write_text(bad_file, "".join(f"{u}\t{bad[u]}\n" for u in utts if u in bad))
+                log.warning("%s: %d bad utterance(s) left out, listed in %s", name, len(bad), bad_file)
+            elif bad_file.exists():
+                bad_file.unlink()  # stale list from an earlier, failed run
+            kept = [u for u in utts if u in feats]
+            store.write_shard(out_dir, r, nj, kept, [feats[u] for u in kept])
+            log.info("%s: shard %s: %d utterances, %d frames", out_dir, name, len(kept),
+                     sum(len(feats[u]) for u in kept))  # fmt: skip
