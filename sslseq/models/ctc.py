@@ -1,0 +1,208 @@
+"""CTC fine-tuning (wav2vec 2.0 §4.2 / fairseq ``Wav2VecCtc``): pretrained SpeechEncoder +
+a linear layer over the output units, trained with CTC.
+
+The encoder (including the frontend) is frozen for the first ``freeze_encoder_steps`` updates
+so the randomly initialised head does not wreck it; the conv frontend stays frozen throughout
+(``feature_grad_mult = 0``). Masking in fine-tuning acts as SpecAugment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslseq.config import from_dict, to_dict
+from sslseq.models import ModelOutput
+from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
+from sslseq.utils import SslseqError, get_logger
+
+__all__ = ["CTCConfig", "CTCModel"]
+
+log = get_logger(__name__)
+
+# SpeechEncoderConfig / TransformerEncoderConfig fields that fine-tuning may change; every other
+# field is architecture and must equal the pretrained model's.
+_ENCODER_FT_FIELDS = ("feature_grad_mult", "dropout_input", "dropout_features", "mask_prob", "mask_length",
+                      "mask_min_masks", "require_same_masks", "mask_dropout", "mask_channel_prob",
+                      "mask_channel_length")
+_TRANSFORMER_FT_FIELDS = ("dropout", "attention_dropout", "activation_dropout", "layerdrop")
+# Of those, the ones CTCConfig sets at its top level (they always win over model.encoder.*).
+_TOP_LEVEL_FT = {"feature_grad_mult", "mask_prob", "mask_length", "mask_channel_prob", "mask_channel_length",
+                 "dropout_input", "dropout", "attention_dropout", "activation_dropout", "layerdrop"}
+TOP_LEVEL_FT_FIELDS = frozenset(_TOP_LEVEL_FT)  # public name for callers filtering encoder overrides
+
+
+@dataclass
+class CTCConfig:
+    """Top-level fine-tuning fields override the encoder's (as fairseq's Wav2Vec2AsrConfig does
+    for the pretrained ``w2v_args``); defaults are fairseq's Base fine-tuning settings."""
+
+    encoder: SpeechEncoderConfig = field(default_factory=SpeechEncoderConfig)
+    vocab_size: int = 0  # set by the trainer from the unit list (blank included)
+    blank_id: int = 0
+    final_dropout: float = 0.0
+    freeze_encoder_steps: int = 10000  # fairseq freeze_finetune_updates
+    feature_grad_mult: float = 0.0
+    mask_prob: float = 0.65
+    mask_length: int = 10
+    mask_channel_prob: float = 0.5
+    mask_channel_length: int = 64
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.1
+    layerdrop: float = 0.1
+    dropout_input: float = 0.0
+
+
+def resolve_encoder_config(cfg: CTCConfig) -> SpeechEncoderConfig:
+    """The encoder config with the fine-tuning fields applied."""
+    enc = cfg.encoder
+    tr = dataclasses.replace(
+        enc.encoder,
+        dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout,
+        activation_dropout=cfg.activation_dropout,
+        layerdrop=cfg.layerdrop,
+    )
+    return dataclasses.replace(
+        enc,
+        encoder=tr,
+        feature_grad_mult=cfg.feature_grad_mult,
+        mask_prob=cfg.mask_prob,
+        mask_length=cfg.mask_length,
+        mask_channel_prob=cfg.mask_channel_prob,
+        mask_channel_length=cfg.mask_channel_length,
+        dropout_input=cfg.dropout_input,
+    )
+
+
+def _architecture(enc: dict[str, Any]) -> dict[str, Any]:
+    arch = {k: v for k, v in enc.items() if k not in _ENCODER_FT_FIELDS and k != "encoder"}
+    arch["conv_layers"] = [list(layer) for layer in arch.get("conv_layers", [])]
+    arch["encoder"] = {k: v for k, v in enc["encoder"].items() if k not in _TRANSFORMER_FT_FIELDS}
+    return arch
+
+
+class CTCModel(nn.Module):
+    def __init__(self, cfg: CTCConfig):
+        super().__init__()
+        if cfg.vocab_size < 2:
+            raise SslseqError(
+                f"model.vocab_size must be the number of output units including blank (>= 2), got "
+                f"{cfg.vocab_size}; the trainer sets it from the unit list"
+            )
+        if not 0 <= cfg.blank_id < cfg.vocab_size:
+            raise SslseqError(f"model.blank_id {cfg.blank_id} is outside [0, {cfg.vocab_size})")
+        self.cfg = dataclasses.replace(cfg, encoder=resolve_encoder_config(cfg))
+        self.encoder = SpeechEncoder(self.cfg.encoder)
+        self.frame_rate = self.encoder.frame_rate
+        self.final_dropout = nn.Dropout(cfg.final_dropout)
+        self.proj = nn.Linear(self.encoder.embed_dim, cfg.vocab_size)
+        nn.init.xavier_uniform_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        self.num_updates = 0
+
+    @classmethod
+    def from_pretrained(cls, ssl_model: nn.Module, cfg_overrides: dict[str, Any]) -> "CTCModel":
+        """A CTC model whose encoder is a copy of ``ssl_model.encoder`` (same architecture, same
+        weights); ``cfg_overrides`` holds CTCConfig fields (vocab_size, fine-tuning settings)."""
+        encoder = getattr(ssl_model, "encoder", None)
+        if not isinstance(encoder, SpeechEncoder):
+            raise SslseqError(
+                f"cannot fine-tune a {type(ssl_model).__name__}: it has no SpeechEncoder '.encoder' "
+                f"(pass a pretrained SSL model, e.g. one from sslseq.models.load(exp_dir))"
+            )
+        overrides = {k: v for k, v in cfg_overrides.items() if k != "name"}
+        enc_over = overrides.pop("encoder", None) or {}
+        shadowed = sorted(set(enc_over) & _TOP_LEVEL_FT) + sorted(
+            set(enc_over.get("encoder") or {}) & _TOP_LEVEL_FT
+        )
+        if shadowed:
+            raise SslseqError(
+                f"fine-tuning settings {', '.join('model.encoder.' + k for k in shadowed)} are set by the "
+                f"top-level CTC fields; use {', '.join('model.' + k for k in shadowed)} instead"
+            )
+        base = to_dict(encoder.cfg)
+        merged = _deep_merge(base, enc_over)
+        if _architecture(merged) != _architecture(base):
+            diff = _diff(_architecture(base), _architecture(merged))
+            raise SslseqError(
+                f"model.encoder overrides change the pretrained encoder's architecture ({diff}); only "
+                f"fine-tuning fields ({', '.join(_ENCODER_FT_FIELDS + _TRANSFORMER_FT_FIELDS)}) may differ"
+            )
+        cfg = from_dict(CTCConfig, {**overrides, "encoder": merged}, where="model")
+        model = cls(cfg)
+        model.encoder.load_state_dict(encoder.state_dict())
+        log.info("CTC model: encoder initialised from a pretrained %s, new %d-unit head", type(ssl_model).__name__, cfg.vocab_size)
+        return model
+
+    def set_num_updates(self, step: int) -> None:
+        self.num_updates = step
+
+    @property
+    def encoder_frozen(self) -> bool:
+        return self.num_updates < self.cfg.freeze_encoder_steps
+
+    def _encode(self, wav: torch.Tensor, wav_lens: torch.Tensor, mask: bool):
+        frozen = self.training and self.encoder_frozen
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            out = self.encoder(wav, wav_lens, mask=mask)
+        logits = self.proj(self.final_dropout(out.x))
+        return F.log_softmax(logits.float(), dim=-1), out.frame_lens
+
+    def log_probs(self, wav: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, V) float32 log-probabilities (no masking) and (B,) output lengths, for decoding."""
+        return self._encode(wav, wav_lens, mask=False)
+
+    def forward(self, batch: dict[str, Any]) -> ModelOutput:
+        lp, out_lens = self._encode(batch["wav"], batch["wav_lens"], mask=self.training)
+        targets = batch["targets"].to(lp.device)
+        target_lens = batch["target_lens"].to(device=lp.device, dtype=torch.long)
+        valid = torch.arange(targets.size(1), device=lp.device)[None, :] < target_lens[:, None]
+        flat = targets[valid]
+        bad = (flat < 0) | (flat >= self.cfg.vocab_size) | (flat == self.cfg.blank_id)
+        if bool(bad.any()):
+            raise SslseqError(
+                f"CTC target id {int(flat[bad][0])} is invalid: ids must be in [0, {self.cfg.vocab_size}) "
+                f"and differ from blank_id {self.cfg.blank_id}; model.vocab_size must match the unit list"
+            )
+        loss = F.ctc_loss(
+            lp.transpose(0, 1), flat, out_lens, target_lens,
+            blank=self.cfg.blank_id, reduction="sum", zero_infinity=True,
+        )
+        n_tokens = int(target_lens.sum())
+        logs = {
+            "loss": float(loss.detach()) / max(n_tokens, 1),
+            "n_tokens": float(n_tokens),
+            "n_utts": float(targets.size(0)),
+            "encoder_frozen": float(self.encoder_frozen),
+        }
+        return ModelOutput(loss, n_tokens, logs)
+
+    def extract_features(self, wav: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return self.encoder.extract_features(wav, wav_lens)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "encoder.") -> str:
+    parts = []
+    for k in sorted(set(a) | set(b)):
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            sub = _diff(a[k], b[k], f"{prefix}{k}.")
+            if sub:
+                parts.append(sub)
+        elif a.get(k) != b.get(k):
+            parts.append(f"{prefix}{k}: pretrained {a.get(k)!r} vs {b.get(k)!r}")
+    return "; ".join(parts)
