@@ -1,0 +1,188 @@
+"""Typed training configuration (``sslseq train CONFIG key=value ...``).
+
+The ``model`` section is a free-form dict handed to ``sslseq.models.build_model`` (the
+model validates its own keys). ``model_config`` may name a YAML file with the model
+section instead (path relative to the training YAML); keys under ``model`` override it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sslseq.config import load_config, load_yaml, to_dict
+from sslseq.train.schedule import SCHEDULES
+from sslseq.utils import SslseqError
+
+TASKS = ("pretrain", "ctc")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # Kaldi data dir
+    valid: str | None = None  # Kaldi data dir for validation (None: no validation)
+    labels_train: str | None = None  # <set>.km (pretraining targets)
+    labels_valid: str | None = None
+    units: str | None = None  # CTC units file (None: sslseq.data.text.DEFAULT_UNITS)
+    max_batch_seconds: float = 80.0  # padded audio seconds per batch (B x longest)
+    max_sample_seconds: float = 15.625  # pretraining: random crop; CTC: longer utterances dropped
+    min_sample_seconds: float = 0.5  # shorter utterances dropped
+    sample_rate: int = 16000
+    num_workers: int = 0  # DataLoader worker processes
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    clip_norm: float = 10.0  # 0: no clipping (the norm is still logged)
+    schedule: str = "linear"  # linear | tri_stage | constant
+    warmup_steps: int = 0  # linear / constant
+    max_steps: int = 1000
+    phase_ratio: tuple[float, float, float] = (0.1, 0.4, 0.5)  # tri_stage: warmup, hold, decay
+    init_lr_scale: float = 0.01  # tri_stage
+    final_lr_scale: float = 0.05  # tri_stage
+    update_freq: int = 1  # gradient accumulation: micro-batches per optimizer step
+
+
+@dataclass
+class TrainConfig:
+    task: str = "pretrain"  # pretrain | ctc
+    out_dir: str = ""
+    model_config: str | None = None  # YAML with the model section (relative to this file)
+    model: dict = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    init: str | None = None  # ctc: pretrained experiment dir, or "none" for random init
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    log_interval: int = 10  # steps
+    valid_interval: int = 500  # steps (0: only at the end)
+    save_interval: int = 500  # steps; a checkpoint is also written at the last step
+    keep_last: int = 2  # checkpoints kept
+    max_valid_batches: int | None = None  # cap on validation batches (None: whole valid set)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """Load and check a TrainConfig; the ``model_config`` file is merged into ``model``."""
+    path = Path(path)
+    cfg = load_config(TrainConfig, path, list(overrides))
+    if cfg.model_config:
+        mpath = Path(cfg.model_config)
+        if not mpath.is_absolute() and (path.parent / mpath).is_file():
+            mpath = path.parent / mpath  # relative to the training YAML first, then to the cwd
+        mdata = load_yaml(mpath)
+        # A model YAML may hold the section itself or a top-level 'model' key.
+        if set(mdata) == {"model"} and isinstance(mdata["model"], dict):
+            mdata = mdata["model"]
+        if cfg.task == "ctc":
+            # CTC takes only the encoder architecture from an SSL model file (used with
+            # init=none; with a pretrained init the encoder comes from the init model).
+            if not isinstance(mdata.get("encoder"), dict):
+                raise SslseqError(f"{mpath}: no 'encoder' section to take the CTC encoder architecture from")
+            mdata = {"encoder": mdata["encoder"]}
+        cfg.model = _merge(mdata, cfg.model)
+        cfg.model_config = None  # merged: the saved config stands alone
+    check_train_config(cfg, where=str(path))
+    return cfg
+
+
+def check_train_config(cfg: TrainConfig, where: str = "config") -> None:
+    def bad(key: str, msg: str) -> SslseqError:
+        return SslseqError(f"{where}: {key}: {msg}")
+
+    if cfg.task not in TASKS:
+        raise bad("task", f"'{cfg.task}' is not one of {', '.join(TASKS)}")
+    if not cfg.out_dir:
+        raise bad("out_dir", "not set; pass out_dir=exp/NAME")
+    if not cfg.data.train:
+        raise bad("data.train", "not set; pass data.train=data/SET (a Kaldi data dir)")
+    if cfg.task == "pretrain" and not cfg.data.labels_train:
+        raise bad("data.labels_train", "pretraining needs k-means labels; pass data.labels_train=dump/labels/.../SET.km")
+    if cfg.task == "pretrain" and cfg.data.valid and not cfg.data.labels_valid:
+        raise bad("data.labels_valid", "data.valid is set but its labels are not; pass data.labels_valid=...km")
+    if cfg.task == "ctc" and not cfg.init:
+        raise bad("init", "CTC fine-tuning needs init=EXP_DIR (a pretrained model) or init=none (random init)")
+    if cfg.optim.schedule not in SCHEDULES:
+        raise bad("optim.schedule", f"'{cfg.optim.schedule}' is not one of {', '.join(SCHEDULES)}")
+    if cfg.precision not in PRECISIONS:
+        raise bad("precision", f"'{cfg.precision}' is not one of {', '.join(PRECISIONS)}")
+    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
+        raise bad("device", f"'{cfg.device}' is not auto, cpu or cuda")
+    for key, value, lo in (
+        ("optim.max_steps", cfg.optim.max_steps, 1),
+        ("optim.update_freq", cfg.optim.update_freq, 1),
+        ("optim.warmup_steps", cfg.optim.warmup_steps, 0),
+        ("keep_last", cfg.keep_last, 1),
+        ("log_interval", cfg.log_interval, 1),
+        ("save_interval", cfg.save_interval, 1),
+        ("valid_interval", cfg.valid_interval, 0),
+    ):
+        if value < lo:
+            raise bad(key, f"must be >= {lo}, got {value}")
+    if not cfg.data.max_batch_seconds > 0:
+        raise bad("data.max_batch_seconds", "must be positive")
+    if cfg.data.max_sample_seconds > cfg.data.max_batch_seconds:
+        raise bad(
+            "data.max_sample_seconds",
+            f"{cfg.data.max_sample_seconds} exceeds data.max_batch_seconds {cfg.data.max_batch_seconds}: "
+            "one utterance would not fit in a batch",
+        )
+    if not isinstance(cfg.model, dict):
+        raise bad("model", "must be a mapping of model config keys")
+    if abs(sum(cfg.optim.phase_ratio) - 1.0) > 1e-6:
+        raise bad("optim.phase_ratio", f"{cfg.optim.phase_ratio} must sum to 1")
+
+
+# Keys that do not change the trained model: a run may resume with them changed.
+_NON_SEMANTIC = {("data", "num_workers"), ("log_interval",), ("keep_last",), ("device",), ("save_interval",)}
+
+
+def semantic_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as a dict without keys that cannot change the result (for resume checks)."""
+    d = to_dict(cfg)
+    for key in _NON_SEMANTIC:
+        node = d
+        for part in key[:-1]:
+            node = node[part]
+        node.pop(key[-1], None)
+    return d
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, f"{prefix}{k}.")
+        elif _norm(va) != _norm(vb):
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def _norm(v: Any) -> Any:
+    return list(_norm(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+__all__ = [
+    "DataConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "load_train_config",
+    "check_train_config",
+    "semantic_dict",
+    "config_diff",
+]

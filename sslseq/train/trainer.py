@@ -1,0 +1,612 @@
+"""The trainer of recipe stages 4 (pretraining) and 6 (CTC fine-tuning).
+
+One optimizer step = ``optim.update_freq`` micro-batches; the objective is the summed loss
+over them divided by their total ``sample_size`` (fairseq convention: gradients of the
+summed losses are rescaled after accumulation, so the result does not depend on how a
+step's data is split). The loop runs under ``accelerate`` (CPU, one GPU or torchrun) with
+no distributed code of its own besides giving each rank every N-th batch.
+
+Resume: a run killed at any moment and rerun continues from the newest complete
+checkpoint and, on CPU, ends with the same weights as an uninterrupted run: the data
+order depends only on (seed, epoch), the crops on (seed, epoch, item), the learning rate
+on the step, and the RNG states are saved with the optimizer state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import yaml
+
+from sslseq.config import to_dict
+from sslseq.data.batching import LengthBucketBatchSampler
+from sslseq.data.dataset import SpeechDataset, collate
+from sslseq.train import checkpoint as ckpt
+from sslseq.train.config import TrainConfig, config_diff, load_train_config, semantic_dict
+from sslseq.train.schedule import lr_at
+from sslseq.utils import SslseqError, atomic_write_text, get_logger, progress
+
+log = get_logger(__name__)
+
+SUMMARY = "train_summary.yaml"
+VALID_SEED_OFFSET = 9973  # validation draws (e.g. HuBERT masks) from its own fixed seed
+
+
+def config_digest(cfg: TrainConfig) -> str:
+    text = json.dumps(semantic_dict(cfg), sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def is_finished(cfg: TrainConfig) -> bool:
+    """True when ``out_dir`` holds a final model trained with this same config."""
+    out = Path(cfg.out_dir)
+    summary = out / SUMMARY
+    if not (summary.is_file() and (out / ckpt.WEIGHTS).is_file() and (out / "config.yaml").is_file()):
+        return False
+    try:
+        done = yaml.safe_load(summary.read_text()) or {}
+    except yaml.YAMLError:
+        return False
+    return done.get("config_digest") == config_digest(cfg)
+
+
+def train_from_config(path: Path, overrides: list[str]) -> Path:
+    """``sslseq train CONFIG key=value ...``: train, resuming if checkpoints exist; returns out_dir."""
+    cfg = load_train_config(path, overrides)
+    return Trainer(cfg).fit()
+
+
+def model_config_dict(model: torch.nn.Module, fallback: dict[str, Any]) -> dict[str, Any]:
+    """The full model config (with ``name``) that ``sslseq.models.load`` rebuilds the model from."""
+    from sslseq.models import MODELS, model_config_dict as registered_config
+
+    if any(type(model) is cls for _, cls in MODELS.values()):
+        return json.loads(json.dumps(registered_config(model), default=list))
+    cfg = getattr(model, "cfg", None)
+    if dataclasses.is_dataclass(cfg):
+        d = dataclasses.asdict(cfg)
+    elif isinstance(cfg, dict):
+        d = dict(cfg)
+    else:
+        d = dict(fallback)
+    if "name" not in d and "name" in fallback:
+        d = {"name": fallback["name"], **d}
+    return json.loads(json.dumps(d, default=list))  # tuples -> lists: plain YAML
+
+
+def _resolve_device(device: str) -> bool:
+    """True to run on CPU."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SslseqError(f"device={device} but no CUDA GPU is visible; use device=cpu or device=auto")
+    return device == "cpu" or not torch.cuda.is_available()
+
+
+class _JsonLog:
+    """Append-only JSON lines; on resume, lines after the resumed step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file():
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line)
+                except json.JSONDecodeError:
+                    pass  # a line cut by a kill
+            atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+        self.f = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.f.write(json.dumps(record) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class Trainer:
+    """Pretraining or CTC fine-tuning from a ``TrainConfig``.
+
+    ``model`` may be given (tests); otherwise it is built from the config
+    (``sslseq.models``). ``fit(stop_at_step=N)`` stops after step N as if killed there.
+    """
+
+    def __init__(self, cfg: TrainConfig, model: torch.nn.Module | None = None):
+        self.cfg = cfg
+        self.out_dir = Path(cfg.out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.digest = config_digest(cfg)
+        self._given_model = model
+        self.tokenizer = None
+        self.model_cfg: dict[str, Any] = dict(cfg.model)
+
+    # ------------------------------------------------------------ setup
+    def _setup_accelerator(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        cfg = self.cfg
+        cpu = _resolve_device(cfg.device)
+        if cfg.precision == "fp16" and cpu:
+            raise SslseqError("precision=fp16 needs a CUDA GPU; use precision=bf16 or fp32 on CPU")
+        self.accelerator = Accelerator(
+            cpu=cpu,
+            mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision],
+            gradient_accumulation_steps=cfg.optim.update_freq,
+            # CTC freezes the encoder for the first steps: its parameters then get no grads.
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.task == "ctc")],
+        )
+        self.device = self.accelerator.device
+        self.is_main = self.accelerator.is_main_process
+
+    def _build_data(self) -> None:
+        cfg, d = self.cfg, self.cfg.data
+        if cfg.task == "ctc":
+            from sslseq.data.text import DEFAULT_UNITS, CharTokenizer
+
+            self.tokenizer = CharTokenizer.from_file(d.units) if d.units else CharTokenizer(DEFAULT_UNITS)
+        common = dict(
+            tokenizer=self.tokenizer,
+            max_sample_seconds=d.max_sample_seconds,
+            min_sample_seconds=d.min_sample_seconds,
+            sample_rate=d.sample_rate,
+            seed=cfg.seed,
+        )
+        labels_train = d.labels_train if cfg.task == "pretrain" else None
+        self.train_set = SpeechDataset(d.train, labels=labels_train, random_crop=True, **common)
+        self.valid_set = None
+        if d.valid:
+            labels_valid = d.labels_valid if cfg.task == "pretrain" else None
+            self.valid_set = SpeechDataset(d.valid, labels=labels_valid, random_crop=False, **common)
+            if cfg.task == "pretrain" and (
+                self.valid_set.num_classes != self.train_set.num_classes
+                or self.valid_set.label_rate != self.train_set.label_rate
+            ):
+                raise SslseqError(
+                    f"{d.labels_valid}: k={self.valid_set.num_classes} at {self.valid_set.label_rate} Hz but "
+                    f"{d.labels_train}: k={self.train_set.num_classes} at {self.train_set.label_rate} Hz; "
+                    "label both sets with the same k-means model"
+                )
+        acc = self.accelerator
+        self.train_sampler = LengthBucketBatchSampler(
+            self.train_set.durations,
+            d.max_batch_seconds,
+            shuffle=True,
+            seed=cfg.seed,
+            num_shards=acc.num_processes,
+            shard_id=acc.process_index,
+        )
+        log.info(
+            "train: %d utterances, %.2f h, %d batches/epoch/process, padding %.1f%%",
+            len(self.train_set),
+            sum(self.train_set.durations) / 3600,
+            len(self.train_sampler.batches(0)),
+            100 * self.train_sampler.padding_ratio(0),
+        )
+
+    def _build_model(self) -> torch.nn.Module:
+        cfg = self.cfg
+        if self._given_model is not None:
+            return self._given_model
+        from sslseq.models import build_model
+
+        mcfg = dict(cfg.model)
+        if cfg.task == "pretrain":
+            mcfg.setdefault("name", "hubert")
+            for key, value in (("num_classes", self.train_set.num_classes), ("label_rate", self.train_set.label_rate)):
+                if key in cfg.model and cfg.model[key] != value:
+                    log.warning("model.%s=%s replaced by %s from the labels (%s)", key, cfg.model[key], value, cfg.data.labels_train)
+                mcfg[key] = value
+            self.model_cfg = mcfg
+            return build_model(mcfg)
+        # ctc
+        mcfg.setdefault("name", "ctc")
+        mcfg["vocab_size"] = len(self.tokenizer)
+        self.model_cfg = mcfg
+        if str(cfg.init).lower() == "none":
+            return build_model(mcfg)
+        init = Path(cfg.init)
+        if not (init / "model.safetensors").is_file() or not (init / "config.yaml").is_file():
+            raise SslseqError(
+                f"init={cfg.init}: no trained model there (model.safetensors and config.yaml are needed); "
+                "run pretraining (recipe stage 4) first, or pass init=none to train from random initialization"
+            )
+        from sslseq.models import load
+        from sslseq.models.ctc import CTCModel
+
+        log.info("initializing the encoder from %s", init)
+        ssl_model = load(init)
+        overrides = {k: v for k, v in mcfg.items() if k != "name"}
+        if isinstance(overrides.get("encoder"), dict):
+            # The encoder comes from `init`; its config section (needed for init=none) may only
+            # add fine-tuning fields, and those the CTC model sets at its top level are dropped.
+            from sslseq.models.ctc import _TOP_LEVEL_FT
+
+            enc = {k: v for k, v in overrides["encoder"].items() if k not in _TOP_LEVEL_FT}
+            if isinstance(enc.get("encoder"), dict):
+                enc["encoder"] = {k: v for k, v in enc["encoder"].items() if k not in _TOP_LEVEL_FT}
+            overrides["encoder"] = enc
+        return CTCModel.from_pretrained(ssl_model, overrides)
+
+    def _setup_optimizer(self) -> None:
+        o = self.cfg.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        # Weight decay on all parameters, as fairseq's adam does for HuBERT / wav2vec 2.0.
+        opt = torch.optim.AdamW(params, lr=lr_at(0, o), betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, opt)
+        self.unwrapped = self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------ state
+    def _state(self) -> dict[str, Any]:
+        scaler = getattr(self.accelerator, "scaler", None)
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_index": self.batch_index,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"step": self.step},  # the schedule is a function of the step
+            "scaler": scaler.state_dict() if scaler is not None else {},
+            "rng": ckpt.get_rng_state(),
+            "config_digest": self.digest,
+            "config": yaml.safe_dump(semantic_dict(self.cfg), sort_keys=False),
+            "stats": dict(self.stats),
+            "acc": dict(self.acc),
+        }
+
+    def _resume(self) -> None:
+        if self.is_main:
+            ckpt.remove_partial(self.ckpt_dir)
+        self.accelerator.wait_for_everyone()
+        latest = ckpt.latest_checkpoint(self.ckpt_dir)
+        if latest is None:
+            return
+        state = ckpt.load_trainer_state(latest)
+        if state.get("config_digest") != self.digest:
+            old = yaml.safe_load(state.get("config", "")) or {}
+            diff = config_diff(old, semantic_dict(self.cfg))
+            raise SslseqError(
+                f"{self.out_dir} holds checkpoints of a run with another config (differs in: {', '.join(diff) or '?'}); "
+                f"train into another out_dir, or delete {self.ckpt_dir} to start over"
+            )
+        ckpt.load_weights(self.unwrapped, latest / ckpt.WEIGHTS)
+        self.optimizer.load_state_dict(state["optimizer"])
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_index = int(state["step"]), int(state["epoch"]), int(state["batch_index"])
+        self.stats.update(state["stats"])
+        self.acc.update(state["acc"])
+        ckpt.set_rng_state(state["rng"])
+        log.info("resumed from %s (step %d, epoch %d, batch %d)", latest, self.step, self.epoch, self.batch_index)
+
+    def _save_checkpoint(self) -> None:
+        self.stats["wall_time_s"] = self._wall_time()
+        if self.is_main:
+            path = ckpt.save_checkpoint(self.ckpt_dir, self.step, self.unwrapped, self._state(), self.cfg.keep_last)
+            log.info("saved checkpoint %s", path)
+        self.accelerator.wait_for_everyone()
+
+    def _wall_time(self) -> float:
+        return self._wall_base + time.time() - self._t_start
+
+    # ------------------------------------------------------------ data
+    def _loader(self, dataset: SpeechDataset, batches: list[list[int]], epoch: int) -> torch.utils.data.DataLoader:
+        keyed = [[(i, epoch) for i in b] for b in batches]
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=keyed,
+            collate_fn=collate,
+            num_workers=self.cfg.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+            # A private generator: creating a loader must not draw from the global RNG, or a
+            # resumed run (which creates one mid-epoch) would diverge from an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.cfg.seed + epoch),
+        )
+
+    def _train_batches(self) -> Iterator[dict[str, Any]]:
+        """Micro-batches from the saved position on, across epochs; each carries its end position."""
+        epoch, start = self.epoch, self.batch_index
+        while True:
+            batches = self.train_sampler.batches(epoch)
+            if start < len(batches):
+                for j, batch in enumerate(self._loader(self.train_set, batches[start:], epoch)):
+                    batch["_pos"] = (epoch, start + j + 1)
+                    yield batch
+            epoch, start = epoch + 1, 0
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+    # ------------------------------------------------------------ steps
+    def train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:
+        """One optimizer step over ``update_freq`` micro-batches; returns this step's stats."""
+        acc, o = self.accelerator, self.cfg.optim
+        if len(micro_batches) != o.update_freq:
+            raise ValueError(f"train_step needs optim.update_freq={o.update_freq} micro-batches, got {len(micro_batches)}")
+        self.model.train()
+        self.unwrapped.set_num_updates(self.step)
+        lr = lr_at(self.step, o)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        sample_size = 0
+        logs: dict[str, float] = {}
+        audio = frames_padded = 0
+        for i, mb in enumerate(micro_batches):
+            # Gradients are all-reduced only on the last micro-batch (no_sync: DDP-aware).
+            last = i == len(micro_batches) - 1
+            with contextlib.nullcontext() if last else acc.no_sync(self.model):
+                out = self.model(self._to_device(mb))
+                acc.backward(out.loss)
+            loss_sum += out.loss.detach().double()
+            ss = int(out.sample_size)
+            sample_size += ss
+            for k, v in out.logs.items():
+                logs[k] = logs.get(k, 0.0) + float(v) * max(ss, 1)
+            audio += int(mb["wav_lens"].sum())
+            frames_padded += mb["wav"].numel()
+        totals = acc.reduce(torch.tensor([float(sample_size)], dtype=torch.float64, device=self.device), "sum")
+        total_ss = float(totals.item())
+        # accelerator.backward divided each loss by gradient_accumulation_steps and DDP
+        # averaged over processes: rescale to sum(loss) / total sample_size of the step.
+        if total_ss > 0:
+            scale = acc.gradient_accumulation_steps * acc.num_processes / total_ss
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        max_norm = o.clip_norm if o.clip_norm > 0 else math.inf
+        grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), max_norm))
+        if math.isfinite(grad_norm) or acc.scaler is not None:
+            self.optimizer.step()  # with fp16 the scaler skips steps with inf/nan itself
+        else:
+            log.warning("step %d: gradient norm is %s; update skipped", self.step, grad_norm)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        n = max(sample_size, 1)
+        return {
+            "loss": float(loss_sum) / n,
+            "loss_sum": float(loss_sum),
+            "sample_size": float(sample_size),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "audio_samples": float(audio),
+            "padded_samples": float(frames_padded),
+            **{k: v / n for k, v in logs.items()},
+        }
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean loss per unit over the valid set (and greedy CER/WER for CTC)."""
+        from accelerate.utils import gather_object
+
+        acc = self.accelerator
+        sampler = LengthBucketBatchSampler(
+            self.valid_set.durations,
+            self.cfg.data.max_batch_seconds,
+            shuffle=False,
+            seed=self.cfg.seed,
+            num_shards=acc.num_processes,
+            shard_id=acc.process_index,
+        )
+        batches = sampler.batches(0)
+        if self.cfg.max_valid_batches:
+            batches = batches[: self.cfg.max_valid_batches]
+        np_state, py_state = np.random.get_state(), random.getstate()
+        devices = [self.device] if self.device.type == "cuda" else []
+        model = self.unwrapped
+        was_training = model.training
+        model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        ss_sum = 0
+        hyps: list[str] = []
+        refs: list[str] = []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                vseed = self.cfg.seed + VALID_SEED_OFFSET
+                torch.manual_seed(vseed)
+                np.random.seed(vseed)
+                random.seed(vseed)
+                for batch in self._loader(self.valid_set, batches, 0):
+                    b = self._to_device(batch)
+                    if self.cfg.task != "ctc":
+                        with acc.autocast():
+                            out = model(b)
+                        loss_sum += out.loss.double()
+                        ss_sum += int(out.sample_size)
+                        continue
+                    from sslseq.asr.ctc_decode import greedy_decode
+
+                    # One pass gives both the loss (as the model's eval forward computes it:
+                    # unmasked, summed, zero_infinity) and the greedy hypotheses.
+                    with acc.autocast():
+                        lp, lens = model.log_probs(b["wav"], b["wav_lens"])
+                    lp = lp.float()
+                    valid = torch.arange(b["targets"].size(1), device=self.device)[None, :] < b["target_lens"][:, None]
+                    loss_sum += torch.nn.functional.ctc_loss(
+                        lp.transpose(0, 1), b["targets"][valid], lens, b["target_lens"],
+                        blank=self.tokenizer.blank_id, reduction="sum", zero_infinity=True,
+                    ).double()
+                    ss_sum += int(b["target_lens"].sum())
+                    for ids in greedy_decode(lp, lens, blank=self.tokenizer.blank_id):
+                        hyps.append(self.tokenizer.decode(ids))
+                    refs += batch["texts"]
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+            model.train(was_training)
+        totals = acc.reduce(torch.stack([loss_sum, torch.tensor(float(ss_sum), dtype=torch.float64, device=self.device)]), "sum")
+        result = {"valid_loss": float(totals[0] / max(float(totals[1]), 1.0))}
+        if self.cfg.task == "ctc":
+            import jiwer
+
+            pairs = [(r, h) for r, h in zip(gather_object(refs), gather_object(hyps)) if r.strip()]
+            if pairs:
+                r, h = [p[0] for p in pairs], [p[1] for p in pairs]
+                result["valid_cer"] = float(jiwer.cer(r, h))
+                result["valid_wer"] = float(jiwer.wer(r, h))
+        return result
+
+    # ------------------------------------------------------------ logging
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        self.jsonl.write(record)
+        for k, v in record.items():
+            if k not in ("step", "epoch") and isinstance(v, (int, float)) and math.isfinite(v):
+                self.tb.add_scalar(k if k.startswith("valid_") else f"train/{k}", v, record["step"])
+
+    def _flush_interval(self, bar) -> None:
+        a = self.acc
+        if not a.get("steps"):
+            return
+        elapsed = max(a["time"], 1e-9)
+        frame_rate = float(getattr(self.unwrapped, "frame_rate", 50.0))
+        audio_s = a["audio_samples"] / self.cfg.data.sample_rate
+        record = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "lr": a["lr"],
+            "loss": a["loss_sum"] / max(a["sample_size"], 1.0),
+            "grad_norm": a["grad_norm"] / a["steps"],
+            "sample_size": a["sample_size"] / a["steps"],
+            **{k[4:]: v / a["steps"] for k, v in a.items() if k.startswith("log_")},
+            "frames_per_s": audio_s * frame_rate / elapsed,
+            "audio_s_per_s": audio_s / elapsed,
+            "padding_ratio": 1.0 - a["audio_samples"] / max(a["padded_samples"], 1.0),
+        }
+        self.stats["last_train_loss"] = record["loss"]
+        self.stats["frames_per_s"] = record["frames_per_s"]
+        self._log(record)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{record['loss']:.3f}", fps=f"{record['frames_per_s']:.0f}", refresh=False)
+        self.acc = {}
+
+    def _accumulate(self, s: dict[str, float], seconds: float) -> None:
+        a = self.acc
+        for k in ("loss_sum", "sample_size", "grad_norm", "audio_samples", "padded_samples"):
+            a[k] = a.get(k, 0.0) + s[k]
+        for k, v in s.items():
+            if k not in ("loss", "loss_sum", "sample_size", "lr", "grad_norm", "audio_samples", "padded_samples"):
+                a[f"log_{k}"] = a.get(f"log_{k}", 0.0) + v
+        a["lr"] = s["lr"]
+        a["steps"] = a.get("steps", 0) + 1
+        a["time"] = a.get("time", 0.0) + seconds
+        self.stats["audio_seconds"] = self.stats.get("audio_seconds", 0.0) + s["audio_samples"] / self.cfg.data.sample_rate
+
+    def _run_validation(self) -> None:
+        if self.valid_set is None:
+            return
+        t0 = time.time()
+        result = self.validate()
+        best = self.stats.get("best_valid_loss")
+        if best is None or result["valid_loss"] < best:
+            self.stats["best_valid_loss"] = result["valid_loss"]
+        self.stats["last_valid"] = result
+        self._log({"step": self.step, "epoch": self.epoch, **result})
+        log.info(
+            "step %d: %s (%.1f s)", self.step, ", ".join(f"{k} {v:.4f}" for k, v in result.items()), time.time() - t0
+        )
+
+    # ------------------------------------------------------------ main loop
+    def fit(self, stop_at_step: int | None = None) -> Path:
+        """Train to ``optim.max_steps`` (resuming if possible) and write the final model."""
+        cfg = self.cfg
+        if is_finished(cfg):
+            log.info("%s: already trained with this config; nothing to do", self.out_dir)
+            return self.out_dir
+        self.setup()
+        return self._loop(stop_at_step)
+
+    def setup(self) -> None:
+        """Accelerator, data, model and optimizer; restores the newest checkpoint if any."""
+        from accelerate.utils import set_seed
+
+        cfg = self.cfg
+        self._setup_accelerator()
+        set_seed(cfg.seed)
+        self._build_data()
+        set_seed(cfg.seed)  # the model's init does not depend on how the data were read
+        self.model = self._build_model()
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.info("model: %s, %.2fM parameters", self.model_cfg.get("name", type(self.model).__name__), n_params / 1e6)
+        self._setup_optimizer()
+        self.step = self.epoch = self.batch_index = 0
+        self.stats: dict[str, Any] = {"best_valid_loss": None, "wall_time_s": 0.0, "audio_seconds": 0.0}
+        self.acc: dict[str, float] = {}
+        self._resume()
+        self._wall_base, self._t_start = float(self.stats.get("wall_time_s", 0.0)), time.time()
+
+    def _loop(self, stop_at_step: int | None) -> Path:
+        cfg = self.cfg
+        if self.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.jsonl = _JsonLog(self.out_dir / "log" / "train.jsonl", self.step)
+            self.tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.step or None)
+        o = cfg.optim
+        last = min(o.max_steps, stop_at_step) if stop_at_step is not None else o.max_steps
+        batches = self._train_batches()
+        bar = progress(range(self.step, last), desc=f"{cfg.task} {self.out_dir.name}", total=last - self.step, unit="step")
+        try:
+            for _ in bar:
+                t0 = time.time()
+                micro = [next(batches) for _ in range(o.update_freq)]
+                self.epoch, self.batch_index = micro[-1]["_pos"]
+                s = self.train_step(micro)
+                self._accumulate(s, time.time() - t0)
+                final = self.step == o.max_steps
+                if self.step % cfg.log_interval == 0 or final:
+                    self._flush_interval(bar)
+                if (cfg.valid_interval and self.step % cfg.valid_interval == 0) or final:
+                    self._run_validation()
+                if self.step % cfg.save_interval == 0 or final:
+                    self._save_checkpoint()
+        finally:
+            if hasattr(bar, "close"):
+                bar.close()
+            if self.is_main:
+                self.jsonl.close()
+                self.tb.close()
+        if self.step < o.max_steps:
+            return self.out_dir  # stopped early (stop_at_step)
+        if self.is_main:
+            self._write_final()
+        self.accelerator.wait_for_everyone()
+        return self.out_dir
+
+    def _write_final(self) -> None:
+        """model.safetensors, config.yaml, units.txt (CTC), then train_summary.yaml (the done marker)."""
+        out = self.out_dir
+        ckpt.save_weights(self.unwrapped, out / ckpt.WEIGHTS)
+        full = to_dict(self.cfg)
+        full["model"] = model_config_dict(self.unwrapped, self.model_cfg)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(full, default=list)), sort_keys=False))
+        if self.tokenizer is not None:
+            self.tokenizer.save(out / "units.txt")
+        wall = self._wall_time()
+        summary = {
+            "task": self.cfg.task,
+            "steps": self.step,
+            "epochs": self.epoch,
+            "final_train_loss": self.stats.get("last_train_loss"),
+            "best_valid_loss": self.stats.get("best_valid_loss"),
+            "final_valid": self.stats.get("last_valid"),
+            "wall_time_s": round(wall, 2),
+            "audio_hours_processed": round(self.stats.get("audio_seconds", 0.0) / 3600, 4),
+            "frames_per_s": self.stats.get("frames_per_s"),
+            "config_digest": self.digest,
+        }
+        atomic_write_text(out / SUMMARY, yaml.safe_dump(summary, sort_keys=False))
+        log.info("finished %d steps in %.0f s: %s", self.step, wall, out)

@@ -1,0 +1,311 @@
+"""Trainer: learning, gradient accumulation, exact resume, checkpoints, configs, schedules;
+integration with the real HuBERT and CTC models on the tiny synthesized corpus."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+import yaml
+from safetensors.torch import load_file
+from torch import nn
+
+from sslseq.data.dataset import collate, expected_frames
+from sslseq.models import ModelOutput
+from sslseq.train import checkpoint as ckpt
+from sslseq.train.config import OptimConfig, load_train_config
+from sslseq.train.schedule import linear_lr, lr_at, tri_stage_lr
+from sslseq.train.trainer import Trainer, train_from_config
+from sslseq.utils import SslseqError
+
+SR = 16000
+FREQS = [250.0, 600.0, 1300.0, 2800.0]
+CONF = Path(__file__).resolve().parents[1] / "recipes" / "conf"
+
+
+class FrameClassifier(nn.Module):
+    """A real (small) model with the trainer's model contract: a strided conv over the
+    waveform at 50 Hz predicts each frame's 100 Hz label (every second one); loss summed."""
+
+    def __init__(self, num_classes: int = 4, hidden: int = 16, dropout: float = 0.1, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv1d(1, hidden, 400, stride=320)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden, num_classes)
+        self.cfg = {"name": "frame_classifier", "num_classes": num_classes, "hidden": hidden}
+        self.frame_rate = 50.0
+        self.updates: list[int] = []
+
+    def set_num_updates(self, step: int) -> None:
+        self.updates.append(step)
+
+    def forward(self, batch):
+        wav, lens = batch["wav"], batch["wav_lens"]
+        x = self.head(self.drop(torch.relu(self.conv(wav[:, None] * 10))).transpose(1, 2))  # (B, T, K)
+        B, T, _ = x.shape
+        labels, label_lens = batch["labels"], batch["label_lens"]
+        idx = torch.arange(T) * 2
+        tgt = labels.gather(1, idx.clamp(max=labels.size(1) - 1).expand(B, T))
+        frame_lens = torch.where(lens >= 400, (lens - 400) // 320 + 1, 0)
+        ok = (idx[None] < label_lens[:, None]) & (torch.arange(T)[None] < frame_lens[:, None])
+        loss = F.cross_entropy(x[ok], tgt[ok], reduction="sum")
+        acc = float((x[ok].argmax(-1) == tgt[ok]).float().mean()) if ok.any() else 0.0
+        return ModelOutput(loss, int(ok.sum()), {"acc": acc})
+
+
+def _tone_corpus(root: Path, n: int = 16, seed: int = 0) -> tuple[Path, Path]:
+    """Data dir of tone sequences (0.2 s segments, one of 4 frequencies) and their 100 Hz labels."""
+    rng = np.random.default_rng(seed)
+    (root / "wav").mkdir(parents=True)
+    scp, u2s, u2d, km, utts = [], [], [], [], []
+    for i in range(n):
+        utt = f"utt{i:03d}"
+        segs = rng.integers(0, 4, int(rng.integers(5, 13)))
+        cls = np.repeat(segs, int(0.2 * SR))
+        t = np.arange(len(cls)) / SR
+        wav = 0.5 * np.sin(2 * np.pi * np.asarray(FREQS)[cls] * t) + 0.01 * rng.standard_normal(len(cls))
+        path = root / "wav" / f"{utt}.wav"
+        sf.write(path, wav.astype(np.float32), SR)
+        frames = expected_frames(len(wav), 100.0)
+        lab = cls[np.minimum(np.arange(frames) * 160 + 200, len(cls) - 1)]
+        scp.append(f"{utt} {path}\n")
+        u2s.append(f"{utt} s{i % 3}\n")
+        u2d.append(f"{utt} {len(wav) / SR:.4f}\n")
+        km.append(" ".join(map(str, lab.tolist())) + "\n")
+        utts.append(f"{utt}\n")
+    (root / "wav.scp").write_text("".join(scp))
+    (root / "utt2spk").write_text("".join(u2s))
+    (root / "utt2dur").write_text("".join(u2d))
+    lab_dir = root.parent / f"labels_{root.name}"
+    lab_dir.mkdir()
+    (lab_dir / "set.km").write_text("".join(km))
+    (lab_dir / "set.utts").write_text("".join(utts))
+    (lab_dir / "dict.km.txt").write_text("".join(f"{i} 1\n" for i in range(4)))
+    (lab_dir / "labels.yaml").write_text(yaml.safe_dump({"label_rate": 100.0, "k": 4, "dim": 13}))
+    return root, lab_dir / "set.km"
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tones")
+    train, km = _tone_corpus(base / "train", 16, seed=0)
+    valid, vkm = _tone_corpus(base / "valid", 4, seed=1)
+    return {"train": train, "km": km, "valid": valid, "vkm": vkm}
+
+
+def _cfg(tmp: Path, tones, name: str, *over: str):
+    path = tmp / f"{name}.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "task": "pretrain",
+                "out_dir": str(tmp / name),
+                "data": {
+                    "train": str(tones["train"]),
+                    "labels_train": str(tones["km"]),
+                    "valid": str(tones["valid"]),
+                    "labels_valid": str(tones["vkm"]),
+                    "max_batch_seconds": 6.0,
+                    "max_sample_seconds": 2.0,
+                },
+                "optim": {"lr": 1e-2, "warmup_steps": 2, "max_steps": 30, "clip_norm": 5.0},
+                "log_interval": 1,
+                "valid_interval": 10,
+                "save_interval": 10,
+            }
+        )
+    )
+    return load_train_config(path, list(over))
+
+
+def _jsonl(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log" / "train.jsonl").read_text().splitlines()]
+
+
+def test_loss_decreases_and_outputs(tmp_path, tones):
+    cfg = _cfg(tmp_path, tones, "run")
+    model = FrameClassifier()
+    out = Trainer(cfg, model=model).fit()
+    rec = [r for r in _jsonl(out) if "loss" in r]
+    assert [r["step"] for r in rec] == list(range(1, 31))
+    first, last = np.mean([r["loss"] for r in rec[:3]]), np.mean([r["loss"] for r in rec[-3:]])
+    assert last < 0.6 * first, (first, last)
+    assert model.updates == list(range(30))  # set_num_updates once per step, before it
+    for key in ("lr", "grad_norm", "acc", "frames_per_s", "padding_ratio"):
+        assert key in rec[-1]
+    valid = [r for r in _jsonl(out) if "valid_loss" in r]
+    assert [r["step"] for r in valid] == [10, 20, 30]
+    assert valid[-1]["valid_loss"] < valid[0]["valid_loss"]
+    summary = yaml.safe_load((out / "train_summary.yaml").read_text())
+    assert summary["steps"] == 30 and summary["best_valid_loss"] == min(r["valid_loss"] for r in valid)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"] == model.cfg and saved["optim"]["max_steps"] == 30
+    weights = load_file(str(out / "model.safetensors"))
+    assert torch.equal(weights["head.weight"], model.head.weight.detach())
+    dirs = ckpt.step_dirs(out / "checkpoints")
+    assert [s for s, _ in dirs] == [20, 30]  # keep_last 2
+    state = torch.load(dirs[-1][1] / ckpt.STATE, weights_only=True)
+    assert state["step"] == 30 and "optimizer" in state and "rng" in state
+    assert any((out / "tensorboard").iterdir())
+    # Finished with the same config: returns at once without touching the model.
+    mtime = (out / "model.safetensors").stat().st_mtime_ns
+    assert Trainer(cfg, model=FrameClassifier()).fit() == out
+    assert (out / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def _setup(cfg, model):
+    t = Trainer(cfg, model=model)
+    t.setup()
+    return t
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path, tones):
+    from sslseq.data.dataset import SpeechDataset
+
+    ds = SpeechDataset(tones["train"], labels=tones["km"], max_sample_seconds=2.0)
+    items = [ds[(i, 0)] for i in range(6)]
+    full = _setup(_cfg(tmp_path, tones, "a", "optim.update_freq=1"), FrameClassifier(dropout=0.0))
+    half = _setup(_cfg(tmp_path, tones, "b", "optim.update_freq=2"), FrameClassifier(dropout=0.0))
+    for step in range(3):  # several steps: Adam state must agree too
+        sf_ = full.train_step([collate(items)])
+        sh = half.train_step([collate(items[:2]), collate(items[2:])])
+        assert sf_["sample_size"] == sh["sample_size"]
+        assert sf_["loss"] == pytest.approx(sh["loss"], rel=1e-5)
+        assert sf_["grad_norm"] == pytest.approx(sh["grad_norm"], rel=1e-4)
+        for p, q in zip(full.unwrapped.parameters(), half.unwrapped.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_kill_and_resume_is_exact(tmp_path, tones):
+    over = ("optim.update_freq=2", "optim.max_steps=12", "save_interval=4", "valid_interval=6")
+    ref = Trainer(_cfg(tmp_path, tones, "ref", *over), model=FrameClassifier()).fit()
+    cfg = _cfg(tmp_path, tones, "killed", *over)
+    Trainer(cfg, model=FrameClassifier()).fit(stop_at_step=7)  # "killed" after step 7
+    assert [s for s, _ in ckpt.step_dirs(cfg.out_dir + "/checkpoints")] == [4]
+    (Path(cfg.out_dir) / "checkpoints" / ".tmp_step_8_x").mkdir()  # a save cut short by the kill
+    model = FrameClassifier(seed=123)  # other init: the checkpoint must replace it
+    Trainer(cfg, model=model).fit()
+    assert model.updates == list(range(4, 12))
+    a, b = load_file(str(ref / "model.safetensors")), load_file(str(Path(cfg.out_dir) / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    la, lb = _jsonl(ref), _jsonl(Path(cfg.out_dir))
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("frames_per_s", "audio_s_per_s")} for r in rs]
+    assert strip(la) == strip(lb)  # every step logged once, same losses, same valid losses
+    assert not (Path(cfg.out_dir) / "checkpoints" / ".tmp_step_8_x").exists()
+    # A changed config cannot resume these checkpoints silently.
+    (Path(cfg.out_dir) / "model.safetensors").unlink()
+    with pytest.raises(SslseqError, match=r"differs in: optim\.lr"):
+        Trainer(_cfg(tmp_path, tones, "killed", *over, "optim.lr=0.5"), model=FrameClassifier()).fit()
+
+
+def test_checkpoint_files_load_without_code(tmp_path):
+    m = FrameClassifier()
+    np.random.seed(3)
+    torch.manual_seed(3)
+    state = {"step": 5, "rng": ckpt.get_rng_state(), "nested": {"x": [1, 2.5, None, "s"]}}
+    path = ckpt.save_checkpoint(tmp_path / "c", 5, m, state, keep_last=1)
+    ckpt.save_checkpoint(tmp_path / "c", 6, m, state, keep_last=1)
+    assert not path.exists() and ckpt.latest_checkpoint(tmp_path / "c").name == "step_6"
+    loaded = ckpt.load_trainer_state(tmp_path / "c" / "step_6")  # weights_only=True inside
+    a = (torch.rand(3), np.random.rand(3))
+    ckpt.set_rng_state(loaded["rng"])
+    b = (torch.rand(3), np.random.rand(3))
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    m2 = FrameClassifier(seed=9)
+    ckpt.load_weights(m2, tmp_path / "c" / "step_6" / ckpt.WEIGHTS)
+    assert torch.equal(m2.conv.weight, m.conv.weight)
+    torch.save({"bad": FrameClassifier}, tmp_path / "c" / "step_6" / ckpt.STATE)  # pickled code
+    with pytest.raises(SslseqError, match="cannot read trainer state"):
+        ckpt.load_trainer_state(tmp_path / "c" / "step_6")
+
+
+def test_config_errors_name_nearest_keys(tmp_path, tones):
+    with pytest.raises(SslseqError, match=r"optim\.lrr.*Did you mean: lr"):
+        _cfg(tmp_path, tones, "x", "optim.lrr=1")
+    p = tmp_path / "typo.yaml"
+    p.write_text("task: pretrain\noptim:\n  max_stepz: 3\n")
+    with pytest.raises(SslseqError, match="max_steps"):
+        load_train_config(p, [])
+    with pytest.raises(SslseqError, match="init=none"):
+        load_train_config(CONF / "ctc_tiny.yaml", ["out_dir=x", "data.train=d"])
+    # model_config is merged under model; model.* overrides win.
+    cfg = load_train_config(CONF / "pretrain_hubert_tiny.yaml", ["out_dir=x", "data.train=d", "data.labels_train=a.km", "model.final_dim=32"])
+    assert cfg.model["name"] == "hubert" and cfg.model["final_dim"] == 32 and cfg.model["encoder"]["encoder"]["num_layers"] == 4
+    ctc = load_train_config(CONF / "ctc_tiny.yaml", ["out_dir=x", "data.train=d", "init=none"])
+    assert "final_dim" not in ctc.model and ctc.model["encoder"] == cfg.model["encoder"]
+
+
+def test_schedules():
+    assert linear_lr(0, lr=1.0, warmup_steps=4, max_steps=12) == 0.25
+    assert linear_lr(3, lr=1.0, warmup_steps=4, max_steps=12) == 1.0
+    assert linear_lr(8, lr=1.0, warmup_steps=4, max_steps=12) == pytest.approx(0.5)
+    assert linear_lr(12, lr=1.0, warmup_steps=4, max_steps=12) == 0.0
+    kw = dict(lr=1.0, max_steps=100, phase_ratio=(0.1, 0.4, 0.5), init_lr_scale=0.01, final_lr_scale=0.05)
+    assert tri_stage_lr(0, **kw) == pytest.approx(0.01 + 0.99 / 10)
+    assert tri_stage_lr(9, **kw) == 1.0 and tri_stage_lr(49, **kw) == 1.0
+    assert tri_stage_lr(50, **kw) == 1.0
+    assert tri_stage_lr(75, **kw) == pytest.approx(math.sqrt(0.05))
+    assert tri_stage_lr(100, **kw) == pytest.approx(0.05)
+    decay = [tri_stage_lr(s, **kw) for s in range(50, 100)]
+    assert all(a > b for a, b in zip(decay, decay[1:]))
+    o = OptimConfig(lr=2.0, schedule="tri_stage", max_steps=100)
+    assert lr_at(30, o) == 2.0
+
+
+# ---------------------------------------------------------------- real models
+
+
+def _random_labels(data_dir: Path, out: Path, k: int, seed: int) -> Path:
+    from sslseq.data.kaldi import load_data_dir
+
+    d = load_data_dir(data_dir)
+    rng = np.random.default_rng(seed)
+    labels = [rng.integers(0, k, expected_frames(int(round(d.utt2dur[u] * SR)), 100.0)) for u in d.utts]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{data_dir.name}.km").write_text("".join(" ".join(map(str, x.tolist())) + "\n" for x in labels))
+    (out / f"{data_dir.name}.utts").write_text("".join(f"{u}\n" for u in d.utts))
+    (out / "dict.km.txt").write_text("".join(f"{i} 1\n" for i in range(k)))
+    (out / "labels.yaml").write_text(yaml.safe_dump({"label_rate": 100.0, "k": k, "dim": 13}))
+    return out / f"{data_dir.name}.km"
+
+
+def test_hubert_then_ctc_on_tiny_corpus(tmp_path, tiny_data):
+    from sslseq.models import load
+
+    lab = tmp_path / "labels"
+    km_train, km_dev = _random_labels(tiny_data / "train", lab, 20, 0), _random_labels(tiny_data / "dev", lab, 20, 1)
+    small = ["data.max_batch_seconds=8", "max_valid_batches=1", "save_interval=1"]
+    pre = train_from_config(
+        CONF / "pretrain_hubert_tiny.yaml",
+        [f"out_dir={tmp_path / 'hubert'}", f"data.train={tiny_data / 'train'}", f"data.valid={tiny_data / 'dev'}",
+         f"data.labels_train={km_train}", f"data.labels_valid={km_dev}", "optim.max_steps=2",
+         "data.max_sample_seconds=2", *small],
+    )
+    hub = load(pre)
+    assert hub.cfg.num_classes == 20 and hub.cfg.label_rate == 100.0
+    rec = _jsonl(pre)
+    assert rec[-1]["step"] == 2 and math.isfinite(rec[-1]["valid_loss"])
+    assert math.isfinite([r for r in rec if "loss" in r][-1]["loss"])
+
+    ctc_over = [f"data.train={tiny_data / 'train'}", f"data.valid={tiny_data / 'dev'}", "optim.max_steps=2",
+                "model.freeze_encoder_steps=1", "data.max_sample_seconds=8", *small]
+    ft = train_from_config(CONF / "ctc_tiny.yaml", [f"out_dir={tmp_path / 'ctc'}", f"init={pre}", *ctc_over])
+    ctc = load(ft)
+    assert ctc.cfg.vocab_size == 29 and (ft / "units.txt").read_text().splitlines()[0] == "<blank>"
+    # The encoder started from the pretrained one: the conv frontend (never trained in
+    # fine-tuning, feature_grad_mult 0) is HuBERT's; the Transformer trained after step 0.
+    hs, cs = hub.state_dict(), ctc.state_dict()
+    front = [k for k in cs if k.startswith("encoder.feature_extractor.")]
+    assert front and all(torch.equal(cs[k], hs[k]) for k in front)
+    assert any(not torch.equal(cs[k], hs[k]) for k in cs if k.startswith("encoder.encoder.layers."))
+    valid = [r for r in _jsonl(ft) if "valid_loss" in r][-1]
+    assert 0.0 <= valid["valid_cer"] and 0.0 <= valid["valid_wer"]
+    scratch = train_from_config(CONF / "ctc_tiny.yaml", [f"out_dir={tmp_path / 'scratch'}", "init=none", *ctc_over])
+    assert load(scratch).cfg.vocab_size == 29
