@@ -41,9 +41,12 @@ help_message="Usage: egs/<corpus>/run.sh [options]
   e.g. run.sh --stage 0 --stop-stage 3; run.sh --stage 4 --model hubert; run.sh --stage 6 --subset 1h"
 . "$root_dir/tools/parse_options.sh"
 
+tiny_overrides=()
 if [ "$tiny" = true ]; then
   subset=${subset:-1min}; k=${k:-20}
   pretrain_steps=${pretrain_steps:-30}; ctc_steps=${ctc_steps:-30}
+  # small batches, and checkpoints often enough that a killed run really resumes mid-way
+  tiny_overrides=(data.max_batch_seconds=20 save_interval=10 valid_interval=30 max_valid_batches=2)
 fi
 subset=${subset:-30min}; k=${k:-100}
 pretrain_config=${pretrain_config:-$root_dir/recipes/conf/pretrain_${model}_tiny.yaml}
@@ -128,12 +131,12 @@ fi
 # ---------------------------------------------------------------- 4: pretraining
 if run_stage 4; then
   log "stage 4: pretrain $model ($pretrain_config) → $pretrain_dir"
-  opts="config=$(md5sum < "$pretrain_config" | cut -c1-12) steps=$pretrain_steps seed=$seed labels=$(marker_id "dump/labels/$label_tag")"
+  opts="config=$(md5sum < "$pretrain_config" | cut -c1-12) steps=$pretrain_steps tiny=$tiny seed=$seed labels=$(marker_id "dump/labels/$label_tag")"
   if stage_todo "$pretrain_dir" "$opts"; then
     timed sslseq train "$pretrain_config" out_dir="$pretrain_dir" seed="$seed" device="$device" \
       data.train="data/$train_set" data.valid="data/$dev_set" \
       data.labels_train="dump/labels/$label_tag/$train_set.km" data.labels_valid="dump/labels/$label_tag/$dev_set.km" \
-      $(steps_override "$pretrain_steps")
+      $(steps_override "$pretrain_steps") "${tiny_overrides[@]}"
     mark_done "$pretrain_dir" "$opts"
   fi
 fi
@@ -149,10 +152,10 @@ if run_stage 6; then
     if [ "$init" = none ]; then out=exp/${ctc_tag}_scratch; else out=exp/${ctc_tag}_from_${pretrain_tag}; fi
     log "stage 6: CTC on $labeled, init=$init → $out"
     init_id=none; [ "$init" = none ] || init_id=$(marker_id "$init")
-    opts="config=$(md5sum < "$ctc_config" | cut -c1-12) steps=$ctc_steps seed=$seed init=$init_id data=$(marker_id "data/$labeled")"
+    opts="config=$(md5sum < "$ctc_config" | cut -c1-12) steps=$ctc_steps tiny=$tiny seed=$seed init=$init_id data=$(marker_id "data/$labeled")"
     if stage_todo "$out" "$opts"; then
       timed sslseq train "$ctc_config" out_dir="$out" init="$init" seed="$seed" device="$device" \
-        data.train="data/$labeled" data.valid="data/$dev_set" $(steps_override "$ctc_steps")
+        data.train="data/$labeled" data.valid="data/$dev_set" $(steps_override "$ctc_steps") "${tiny_overrides[@]}"
       mark_done "$out" "$opts"
     fi
   done

@@ -1,0 +1,625 @@
+"""Offline k-means for HuBERT-style targets: fit on sampled frames, label every utterance.
+
+The core is plain torch (CPU, or CUDA when present). Distances are computed in row
+chunks as ``||c||^2 - 2 x.c`` (``||x||^2`` is constant per row), so memory is at most
+``chunk x K`` and the work is one float32 matmul plus an argmin per chunk. The fit is
+k-means++ on a subsample, Lloyd on a larger subsample, then Lloyd on all points; Lloyd
+keeps Hamerly's distance bounds so that only points that may change cluster are
+recomputed. This reaches a lower inertia than mini-batch k-means at a fraction of its cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from sslseq.cluster.labels import LABELS_META
+from sslseq.utils import SslseqError, atomic_path, atomic_write_text, get_logger, progress
+
+log = get_logger("sslseq.cluster.kmeans")
+
+# Rows per distance chunk: a (CHUNK, K) float32 block stays cache-sized for K of a few hundred.
+CHUNK = 1024
+DICT_NAME = "dict.km.txt"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise SslseqError(f"--device {device!r} is not a torch device ({e}); use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SslseqError(f"--device {device} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def _chunk_rows(k: int, device: torch.device) -> int:
+    if device.type == "cuda":
+        return max(1024, (1 << 27) // max(k, 1))  # ~512 MB of distances per chunk
+    return max(256, min(CHUNK, (1 << 20) // max(k, 1) * 2))
+
+
+def _row_parallel(n: int, chunk: int, workers: int, body) -> None:
+    """Run ``body(start, end)`` over [0, n) split into ``workers`` contiguous chunk-aligned
+    ranges, one Python thread each (torch releases the GIL in its ops).
+
+    One coarse split per pass instead of OpenMP inside every small op: on shared cores a
+    descheduled OpenMP thread stalls every op, while here the other thread keeps working.
+    """
+    if workers <= 1 or n < 8 * chunk * workers:
+        body(0, n)
+        return
+    per = math.ceil(math.ceil(n / workers) / chunk) * chunk
+    ranges = [(s, min(n, s + per)) for s in range(0, n, per)]
+    with ThreadPoolExecutor(len(ranges)) as ex:
+        for f in [ex.submit(body, lo, hi) for lo, hi in ranges]:
+            f.result()  # re-raise a worker's error
+
+
+def _cpu_workers(device: torch.device, cpu_threads: int | None) -> int:
+    return 1 if device.type != "cpu" else max(1, cpu_threads or torch.get_num_threads())
+
+
+def assign(
+    x: torch.Tensor,
+    centroids: torch.Tensor,
+    *,
+    chunk: int | None = None,
+    need_dist: bool = True,
+    cpu_threads: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Nearest centroid of every row of ``x``: (labels int64 (N,), squared distances float32 (N,) or None).
+
+    ``x`` may live on the CPU while ``centroids`` are on another device; chunks are moved.
+    On the CPU, rows are split over ``cpu_threads`` threads (None: torch's thread count).
+    """
+    device = centroids.device
+    workers = _cpu_workers(device, cpu_threads)
+    with _torch_threads(1 if workers > 1 else None):
+        return _assign(x, centroids, chunk=chunk, need_dist=need_dist, workers=workers)
+
+
+def _assign(x, centroids, *, chunk=None, need_dist=True, workers=1):
+    device = centroids.device
+    k = centroids.shape[0]
+    chunk = chunk or _chunk_rows(k, device)
+    c = centroids.float()
+    c_sq = (c * c).sum(1)
+    c_t = c.t().contiguous()
+    n = x.shape[0]
+    labels = torch.empty(n, dtype=torch.int64, device=device)
+    dist = torch.empty(n, dtype=torch.float32, device=device) if need_dist else None
+
+    def body(lo: int, hi: int) -> None:
+        for s in range(lo, hi, chunk):
+            e = min(hi, s + chunk)
+            xb = x[s:e].to(device, torch.float32, non_blocking=True)
+            d = torch.addmm(c_sq, xb, c_t, alpha=-2.0)  # ||c||^2 - 2 x.c: same argmin as the full distance
+            if need_dist:
+                m, i = d.min(1)
+                # Add ||x||^2 back; clamp the tiny negatives that cancellation can produce.
+                dist[s:e] = (m + (xb * xb).sum(1)).clamp_min_(0.0)
+            else:
+                i = d.argmin(1)
+            labels[s:e] = i
+
+    _row_parallel(n, chunk, workers, body)
+    return labels, dist
+
+
+def inertia(x: torch.Tensor, centroids: torch.Tensor, *, chunk: int | None = None, cpu_threads: int | None = None) -> float:
+    """Sum of squared distances of the rows of ``x`` to their nearest centroid (float64 accumulation)."""
+    _, dist = assign(x, centroids, chunk=chunk, cpu_threads=cpu_threads)
+    return float(dist.double().sum())
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """Temporarily set torch's intra-op threads (None: leave as is)."""
+    if n is None or n == torch.get_num_threads():
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def kmeans_plus_plus_init(
+    x: torch.Tensor, k: int, generator: torch.Generator, *, n_local_trials: int | None = None
+) -> torch.Tensor:
+    """Greedy k-means++: each step draws ``n_local_trials`` candidates with probability
+    proportional to D(x)^2 and keeps the one that lowers the potential most. Returns (k, D)."""
+    n, dim = x.shape
+    if k > n:
+        raise SslseqError(f"k-means++: k={k} clusters but only {n} points; lower --k or sample more frames")
+    if n_local_trials is None:
+        n_local_trials = 2 + int(math.log(k))  # the usual greedy k-means++ choice
+    device = x.device
+    x = x.float()
+    x_sq = (x * x).sum(1)
+    # (D, N) layout: candidate distances come out as (trials, N) rows, so the broadcast
+    # add/minimum/sum below run along contiguous memory (several times faster than (N, trials)).
+    x_t = x.t().contiguous()
+    chunk = max(1, (1 << 22) // n_local_trials)  # columns per (trials, chunk) block: <= 16 MB
+    centers = torch.empty(k, dim, dtype=torch.float32, device=device)
+    first = int(torch.randint(n, (1,), generator=generator))
+    centers[0] = x[first]
+    closest = (x_sq - 2.0 * (x @ x[first]) + x_sq[first]).clamp_min_(0.0)
+    for c in range(1, k):
+        # Cumulative sums in float64: float32 loses the small weights over millions of points.
+        cum = torch.cumsum(closest, 0, dtype=torch.float64)
+        if float(cum[-1]) <= 0.0:  # fewer distinct points than k: any point will do
+            idx = torch.randint(n, (n_local_trials,), generator=generator).to(device)
+        else:
+            r = torch.rand(n_local_trials, generator=generator, dtype=torch.float64).to(device) * cum[-1]
+            idx = torch.searchsorted(cum, r).clamp_(max=n - 1)
+        cand = x[idx]
+        cand_sq = x_sq[idx, None]
+        blocks = []
+        pots = torch.zeros(n_local_trials, dtype=torch.float64, device=device)
+        for s in range(0, n, chunk):
+            d = torch.addmm(cand_sq, cand, x_t[:, s : s + chunk], alpha=-2.0).add_(x_sq[None, s : s + chunk])
+            torch.minimum(d, closest[None, s : s + chunk], out=d)  # new D(x)^2 if that candidate is added
+            pots += d.sum(1, dtype=torch.float64)
+            blocks.append(d)
+        best = int(pots.argmin())
+        centers[c] = cand[best]
+        closest = torch.cat([d[best] for d in blocks]).clamp_min_(0.0)
+    return centers
+
+
+def fit_kmeans(
+    x: torch.Tensor,
+    k: int,
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    seed: int = 0,
+    batch_size: int | None = None,
+    device: str | torch.device = "auto",
+    init_size: int = 50_000,
+    warm_size: int = 300_000,
+    init: torch.Tensor | None = None,
+    cpu_threads: int | None = None,
+    verbose: bool = True,
+) -> tuple[torch.Tensor, float, int]:
+    """Fit k-means to ``x`` (N, D). Returns (centroids (K, D) float32 on the CPU, inertia, iterations).
+
+    Full-batch Lloyd by default; stops when the relative inertia change between iterations
+    falls below ``tol``. With ``batch_size`` set, mini-batch k-means (per-centroid learning
+    rates 1/count) over ``max_iter`` epochs, for data too big to sweep many times.
+    k-means++ runs on a seeded subsample of ``init_size`` points; when N > 2 ``warm_size``,
+    Lloyd first converges on a subsample of ``warm_size`` points (cheap passes) and then
+    polishes on all of ``x``, where the bounds now skip most points. The returned inertia is
+    that of the returned centroids on all of ``x``.
+
+    On the CPU, distance passes split their rows over ``cpu_threads`` Python threads (None:
+    torch's thread count, e.g. OMP_NUM_THREADS) while every torch op runs single-threaded:
+    OpenMP inside thousands of small ops stalls badly when the cores are shared.
+    """
+    dev = resolve_device(device) if isinstance(device, str) else device
+    workers = _cpu_workers(dev, cpu_threads)
+    # Torch ops run single-threaded; the big passes split rows over ``workers`` threads instead.
+    with _torch_threads(1 if dev.type == "cpu" else None):
+        return _fit(x, k, max_iter=max_iter, tol=tol, seed=seed, batch_size=batch_size, dev=dev,
+                    init_size=init_size, warm_size=warm_size, init=init, verbose=verbose, workers=workers)
+
+
+def _fit(x, k, *, max_iter, tol, seed, batch_size, dev, init_size, warm_size, init, verbose, workers):
+    if x.ndim != 2:
+        raise SslseqError(f"k-means expects a (frames, dim) matrix, got shape {tuple(x.shape)}")
+    n, dim = x.shape
+    if k < 1 or k > n:
+        raise SslseqError(f"k-means: k={k} must be between 1 and the number of frames ({n}); lower --k")
+    gen = torch.Generator().manual_seed(seed)
+    # Keep the data on the GPU only if it fits comfortably; else stream chunks from the CPU.
+    if dev.type == "cuda" and x.numel() * 4 < 0.5 * torch.cuda.mem_get_info(dev)[0]:
+        x = x.to(dev, torch.float32)
+    else:
+        x = x.float()
+
+    t0 = time.perf_counter()
+    if init is not None:
+        centroids = init.to(dev, torch.float32).clone()
+    else:
+        perm = torch.randperm(n, generator=gen).to(x.device) if n > min(init_size, warm_size) else None
+        sub = x if n <= init_size else x[perm[:init_size]]
+        centroids = kmeans_plus_plus_init(sub.to(dev), k, gen)
+    if verbose:
+        log.info("k-means++ init of %d centroids on %d points: %.1fs", k, min(n, init_size), time.perf_counter() - t0)
+
+    if batch_size:
+        centroids, n_iter = _minibatch(x, centroids, max_iter=max_iter, tol=tol, batch_size=batch_size, gen=gen, verbose=verbose)
+        return centroids.cpu(), float(_assign(x, centroids, workers=workers)[1].double().sum()), n_iter
+
+    if init is None and warm_size and n > 2 * warm_size:
+        if verbose:
+            log.info("k-means: warm start on a subsample of %d points", warm_size)
+        centroids, _, _ = _lloyd(
+            x[perm[:warm_size]], centroids, max_iter=max_iter, tol=tol, t0=t0, verbose=verbose, workers=workers
+        )
+        if verbose:
+            log.info("k-means: all %d points", n)
+    centroids, cur, n_iter = _lloyd(x, centroids, max_iter=max_iter, tol=tol, t0=t0, verbose=verbose, workers=workers)
+    return centroids.cpu(), cur, n_iter
+
+
+def _assign_top2(x: torch.Tensor, centroids: torch.Tensor, chunk: int | None = None, workers: int = 1):
+    """(nearest index, distance to it, distance to the second nearest) per row; plain (not squared) distances."""
+    k = centroids.shape[0]
+    device = centroids.device
+    chunk = chunk or _chunk_rows(k, device)
+    c_sq = (centroids * centroids).sum(1)
+    c_t = centroids.t().contiguous()
+    n = x.shape[0]
+    labels = torch.empty(n, dtype=torch.int64, device=device)
+    d1 = torch.empty(n, dtype=torch.float32, device=device)
+    d2 = torch.full((n,), math.inf, dtype=torch.float32, device=device)
+
+    def body(lo: int, hi: int) -> None:
+        for s in range(lo, hi, chunk):
+            e = min(hi, s + chunk)
+            xb = x[s:e].to(device, torch.float32)
+            d = torch.addmm(c_sq, xb, c_t, alpha=-2.0)
+            x_sq = (xb * xb).sum(1, keepdim=True)
+            if k >= 2:
+                v, i = d.topk(2, dim=1, largest=False)  # sorted ascending
+                v = v.add_(x_sq).clamp_min_(0.0).sqrt_()
+                labels[s:e], d1[s:e], d2[s:e] = i[:, 0], v[:, 0], v[:, 1]
+            else:
+                labels[s:e] = 0
+                d1[s:e] = (d[:, 0] + x_sq[:, 0]).clamp_min_(0.0).sqrt_()
+
+    _row_parallel(n, chunk, workers, body)
+    return labels, d1, d2
+
+
+def _cluster_sums(x: torch.Tensor, labels: torch.Tensor, k: int, workers: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-cluster float64 sums and counts of the rows of ``x``."""
+    dev = labels.device
+    step = 1 << 16
+    parts: dict[int, torch.Tensor] = {}
+
+    def body(lo: int, hi: int) -> None:
+        # Sum chunks in float32 (fast index_add_), accumulate chunks in float64 (no drift over millions).
+        acc = torch.zeros(k, x.shape[1], dtype=torch.float64, device=dev)
+        for s in range(lo, hi, step):
+            e = min(hi, s + step)
+            part = torch.zeros(k, x.shape[1], dtype=torch.float32, device=dev)
+            part.index_add_(0, labels[s:e], x[s:e].to(dev, torch.float32))
+            acc += part
+        parts[lo] = acc
+
+    _row_parallel(x.shape[0], step, workers, body)
+    # Fixed summation order (by range), so results do not depend on thread timing.
+    return torch.stack([parts[lo] for lo in sorted(parts)]).sum(0), torch.bincount(labels, minlength=k).double()
+
+
+def _lloyd(
+    x: torch.Tensor, centroids: torch.Tensor, *, max_iter: int, tol: float, t0: float, verbose: bool, workers: int = 1
+):
+    """Full-batch Lloyd with Hamerly's bounds (exact: same iterates as plain Lloyd).
+
+    Each point keeps an upper bound ``u`` on the distance to its centroid and a lower bound
+    ``l`` on the distance to any other; when centroids move by ``delta``, ``u += delta[a]`` and
+    ``l -= max delta``. Only points with ``u > max(l, s[a])`` (``s``: half the distance to the
+    nearest other centroid) can change cluster and get their distances recomputed, which after
+    the first few iterations is a small fraction. Cluster sums are updated incrementally from
+    the points that moved, and the inertia comes from the sums in O(K D):
+    sum ||x - c_a||^2 = sum ||x||^2 - 2 sum_j c_j . S_j + sum_j n_j ||c_j||^2.
+    """
+    k = centroids.shape[0]
+    dev = centroids.device
+    # Row norms in float32 (each ~1e-7 relative), summed in float64: ample for a relative tol >= 1e-6.
+    x_sq_total = sum(float(x[s : s + (1 << 18)].pow(2).sum(1).sum(dtype=torch.float64)) for s in range(0, x.shape[0], 1 << 18))
+    labels, upper, lower = _assign_top2(x, centroids, workers=workers)
+    sums, counts = _cluster_sums(x, labels, k, workers=workers)
+
+    def total_inertia(c: torch.Tensor) -> float:
+        c64 = c.double()
+        return x_sq_total - 2.0 * float((c64 * sums).sum()) + float((counts * (c64 * c64).sum(1)).sum())
+
+    prev = math.inf
+    n_iter = 0
+    for it in range(1, max_iter + 1):
+        cur = total_inertia(centroids)  # labels are exact for these centroids
+        n_iter = it
+        if verbose:
+            log.info("k-means iter %d: inertia %.6g (%.1fs)", it, cur, time.perf_counter() - t0)
+        if prev - cur <= tol * cur:
+            break  # the last update changed the inertia by < tol (relative)
+        prev = cur
+        new = (sums / counts.clamp_min(1.0)[:, None]).float()
+        empty = torch.nonzero(counts == 0).flatten()
+        if len(empty):
+            # Re-seed empty clusters on the points farthest (by their upper bound) from their centroid.
+            far = torch.topk(upper, min(len(empty), upper.shape[0])).indices
+            new[empty[: len(far)]] = x[far.to(x.device)].to(dev, torch.float32)
+            log.info("k-means: re-seeded %d empty cluster(s) from far points", len(empty))
+        delta = (new - centroids).norm(dim=1)
+        centroids = new
+        upper += delta[labels]
+        if k >= 2:
+            top = delta.topk(2)
+            # A point's lower bound drops by the largest move among the *other* centroids.
+            lower -= torch.where(labels == top.indices[0], top.values[1], top.values[0])
+            cc = torch.cdist(centroids, centroids).fill_diagonal_(math.inf)
+            half_sep = cc.min(1).values / 2
+            bound = torch.maximum(lower, half_sep[labels])
+        else:
+            bound = torch.full_like(upper, math.inf)
+        cand = torch.nonzero(upper > bound).flatten()
+        if len(cand) == 0:
+            continue
+        xc = x[cand.to(x.device)].to(dev, torch.float32)
+        # Tighten the upper bound exactly (cheap: one centroid per point) before the full search.
+        upper[cand] = (xc - centroids[labels[cand]]).norm(dim=1)
+        keep = upper[cand] > bound[cand]
+        cand, xc = cand[keep], xc[keep]
+        if len(cand) == 0:
+            continue
+        lab2, up2, low2 = _assign_top2(xc, centroids, workers=workers)
+        old = labels[cand]
+        moved = lab2 != old
+        if bool(moved.any()):
+            xm = xc[moved].double()
+            sums.index_add_(0, old[moved], -xm)
+            sums.index_add_(0, lab2[moved], xm)
+            counts.index_add_(0, old[moved], torch.full((len(xm),), -1.0, dtype=torch.float64, device=dev))
+            counts.index_add_(0, lab2[moved], torch.ones(len(xm), dtype=torch.float64, device=dev))
+        labels[cand], upper[cand], lower[cand] = lab2, up2, low2
+    else:
+        cur = total_inertia(centroids)
+    return centroids, cur, n_iter
+
+
+def _minibatch(
+    x: torch.Tensor, centroids: torch.Tensor, *, max_iter: int, tol: float, batch_size: int, gen: torch.Generator, verbose: bool
+) -> tuple[torch.Tensor, int]:
+    """Mini-batch k-means (Sculley 2010): each batch moves its centroids by 1/count-weighted means."""
+    n = x.shape[0]
+    k, dim = centroids.shape
+    dev = centroids.device
+    counts = torch.zeros(k, dtype=torch.float64, device=dev)
+    steps_per_epoch = max(1, n // batch_size)
+    ewa, best, stale = None, math.inf, 0
+    for epoch in range(1, max_iter + 1):
+        perm = torch.randperm(n, generator=gen)
+        for b in range(steps_per_epoch):
+            idx = perm[b * batch_size : (b + 1) * batch_size].to(x.device)
+            xb = x[idx].to(dev, torch.float32)
+            lab, dist = assign(xb, centroids)
+            sums = torch.zeros(k, dim, dtype=torch.float64, device=dev).index_add_(0, lab, xb.double())
+            bc = torch.bincount(lab, minlength=k).double()
+            hit = bc > 0
+            counts[hit] += bc[hit]
+            # new = old + (sum - bc*old) / total_count: the running mean of every point seen so far
+            c64 = centroids.double()
+            c64[hit] += (sums[hit] - bc[hit, None] * c64[hit]) / counts[hit, None]
+            centroids = c64.float()
+            batch_inertia = float(dist.double().mean())
+            ewa = batch_inertia if ewa is None else 0.99 * ewa + 0.01 * batch_inertia
+            if ewa < best * (1 - tol):
+                best, stale = ewa, 0
+            else:
+                stale += 1
+        if verbose:
+            log.info("mini-batch k-means epoch %d: smoothed inertia/frame %.6g", epoch, ewa)
+        if stale >= 10 * steps_per_epoch or stale >= 100:
+            return centroids, epoch
+    return centroids, max_iter
+
+
+# ------------------------------------------------------------------ feature dirs
+
+
+def sample_frames(
+    feat_dir: Path, *, sample_frac: float = 1.0, max_frames: int = 2_000_000, seed: int = 0
+) -> tuple[np.ndarray, dict]:
+    """Seeded sample of frames from a feature dir, read memory-mapped (never the whole corpus).
+
+    A fraction ``sample_frac`` of the utterances (at least one) is drawn, then, if their
+    frames exceed ``max_frames``, ``max_frames`` of those frames are drawn uniformly
+    without replacement. Returns (frames (n, dim) float32, the store's meta).
+    """
+    from sslseq.features.store import FeatureStore
+
+    if not 0.0 < sample_frac <= 1.0:
+        raise SslseqError(f"--sample-frac {sample_frac} must be in (0, 1]")
+    if max_frames < 1:
+        raise SslseqError(f"--max-frames {max_frames} must be positive")
+    store = FeatureStore(feat_dir)
+    rng = np.random.default_rng(seed)
+    n_utts = len(store)
+    if n_utts == 0 or store.num_frames == 0:
+        raise SslseqError(f"{feat_dir}: the feature dir holds no frames; check the data dir and rerun the dump")
+    # Per-utterance (shard, row offset, length) in data-dir order.
+    shard_of = np.concatenate([np.full(len(s.utts), i, np.int64) for i, s in enumerate(store.shards)])
+    offsets = np.concatenate([s.offsets for s in store.shards])
+    lengths = store.lengths
+    n_pick = n_utts if sample_frac >= 1.0 else max(1, int(round(sample_frac * n_utts)))
+    picked = np.arange(n_utts) if n_pick == n_utts else np.sort(rng.choice(n_utts, n_pick, replace=False))
+    picked = picked[lengths[picked] > 0]
+    p_len = lengths[picked]
+    total = int(p_len.sum())
+    if total == 0:
+        raise SslseqError(f"{feat_dir}: the sampled utterances hold no frames; raise --sample-frac")
+    take = min(total, max_frames)
+    frame_idx = None if take == total else _sample_without_replacement(rng, total, take)
+    starts = np.concatenate([[0], np.cumsum(p_len)[:-1]])
+    out = np.empty((take, store.dim), np.float32)
+    filled = 0
+    for si, shard in enumerate(progress(store.shards, desc="sampling frames", unit="shard")):
+        sel = np.nonzero(shard_of[picked] == si)[0]  # picked utterances that live in this shard
+        if len(sel) == 0:
+            continue
+        if frame_idx is None:
+            rows = np.concatenate([np.arange(offsets[picked[j]], offsets[picked[j]] + p_len[j]) for j in sel])
+        else:
+            lo, hi = starts[sel[0]], starts[sel[-1]] + p_len[sel[-1]]
+            g = frame_idx[np.searchsorted(frame_idx, lo) : np.searchsorted(frame_idx, hi)]
+            u = np.searchsorted(starts, g, side="right") - 1  # which picked utterance each frame is in
+            rows = offsets[picked[u]] + (g - starts[u])
+        # Gather in blocks of sorted rows so only the needed pages of the memmap are touched.
+        for b in range(0, len(rows), 1 << 18):
+            r = rows[b : b + (1 << 18)]
+            out[filled : filled + len(r)] = shard.frames[r]
+            filled += len(r)
+    assert filled == take
+    return out, store.meta
+
+
+def _sample_without_replacement(rng: np.random.Generator, population: int, size: int) -> np.ndarray:
+    """Sorted uniform sample of ``size`` distinct ints in [0, population), memory O(size)."""
+    if population <= 4 * size:
+        return np.sort(rng.choice(population, size, replace=False))
+    # Sparse case: draw with replacement, drop duplicates, top up; then trim to ``size`` at random.
+    got = np.unique(rng.integers(0, population, size + size // 8 + 16))
+    while len(got) < size:
+        got = np.unique(np.concatenate([got, rng.integers(0, population, size - len(got) + 16)]))
+    return np.sort(rng.choice(got, size, replace=False))
+
+
+def fit_kmeans_on_features(
+    feat_dir: Path,
+    model_path: Path,
+    *,
+    k: int,
+    sample_frac: float = 1.0,
+    max_frames: int = 2_000_000,
+    seed: int = 0,
+    device: str = "auto",
+    max_iter: int = 100,
+    tol: float = 1e-3,
+) -> None:
+    """Fit k-means on sampled frames of ``feat_dir``; save centroids + metadata to ``model_path`` (safetensors)."""
+    from safetensors.torch import save_file
+
+    feat_dir, model_path = Path(feat_dir), Path(model_path)
+    frames, meta = sample_frames(feat_dir, sample_frac=sample_frac, max_frames=max_frames, seed=seed)
+    if frames.shape[0] < k:
+        raise SslseqError(
+            f"{feat_dir}: only {frames.shape[0]} frames sampled for k={k} clusters; raise --sample-frac or lower --k"
+        )
+    log.info("fitting k-means: k=%d on %d frames x %d dims from %s", k, frames.shape[0], frames.shape[1], feat_dir)
+    centroids, inert, n_iter = fit_kmeans(
+        torch.from_numpy(frames), k, max_iter=max_iter, tol=tol, seed=seed, device=device
+    )
+    metadata = {
+        "k": str(k),
+        "dim": str(frames.shape[1]),
+        "frame_rate": repr(float(meta["frame_rate"])),
+        "feat_type": str(meta.get("type", "")),
+        "inertia": repr(inert),
+        "n_frames": str(frames.shape[0]),
+        "n_iter": str(n_iter),
+        "seed": str(seed),
+        "sample_frac": repr(float(sample_frac)),
+        "max_frames": str(max_frames),
+        "feat_dir": str(feat_dir),
+    }
+    with atomic_path(model_path) as tmp:
+        save_file({"centroids": centroids.float().contiguous()}, str(tmp), metadata=metadata)
+    log.info(
+        "wrote %s: k=%d, inertia %.6g (%.4g per frame) after %d iterations", model_path, k, inert, inert / len(frames), n_iter
+    )
+
+
+def load_kmeans(model_path: Path) -> tuple[torch.Tensor, dict]:
+    """(centroids (K, D) float32, metadata with k/dim/n_frames as int, frame_rate/inertia as float)."""
+    from safetensors import safe_open
+
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise SslseqError(f"k-means model {model_path} not found; run 'sslseq kmeans fit' first")
+    try:
+        with safe_open(str(model_path), framework="pt") as f:
+            raw = dict(f.metadata() or {})
+            if "centroids" not in f.keys():
+                raise SslseqError(f"{model_path}: no 'centroids' tensor; not a sslseq k-means model (refit it)")
+            centroids = f.get_tensor("centroids").float()
+    except SslseqError:
+        raise
+    except Exception as e:  # corrupt or foreign file
+        raise SslseqError(f"{model_path}: cannot read k-means model ({e}); refit it with 'sslseq kmeans fit'") from None
+    meta: dict = dict(raw)
+    for key in ("k", "dim", "n_frames", "n_iter", "seed", "max_frames"):
+        if key in raw:
+            meta[key] = int(raw[key])
+    for key in ("frame_rate", "inertia", "sample_frac"):
+        if key in raw:
+            meta[key] = float(raw[key])
+    if centroids.ndim != 2 or ("k" in meta and centroids.shape[0] != meta["k"]):
+        raise SslseqError(f"{model_path}: centroids of shape {tuple(centroids.shape)} disagree with k={meta.get('k')}")
+    meta.setdefault("k", centroids.shape[0])
+    meta.setdefault("dim", centroids.shape[1])
+    return centroids, meta
+
+
+def label_features(model_path: Path, feat_dir: Path, out_path: Path, *, device: str = "auto") -> None:
+    """Label every frame of ``feat_dir`` with its nearest centroid.
+
+    Writes ``out_path`` (one line of space-separated cluster ids per utterance, data-dir
+    order), ``<set>.utts`` beside it (the utterance ids, same order), ``dict.km.txt``
+    (fairseq dictionary) and ``labels.yaml`` (label_rate, k, dim), all atomically.
+    """
+    from sslseq.features.store import FeatureStore
+
+    model_path, feat_dir, out_path = Path(model_path), Path(feat_dir), Path(out_path)
+    centroids, meta = load_kmeans(model_path)
+    store = FeatureStore(feat_dir)
+    k, dim = centroids.shape
+    if store.dim != dim:
+        raise SslseqError(
+            f"feature dim {store.dim} of {feat_dir} differs from k-means model dim {dim} of {model_path}; "
+            "label with a model fitted on the same feature type"
+        )
+    label_rate = store.frame_rate
+    if "frame_rate" in meta and not math.isclose(meta["frame_rate"], label_rate, rel_tol=1e-6):
+        log.warning("%s was fitted on %g Hz features but %s is %g Hz", model_path, meta["frame_rate"], feat_dir, label_rate)
+    labels_meta = {"label_rate": float(label_rate), "k": int(k), "dim": int(dim)}
+    meta_path = out_path.parent / LABELS_META
+    if meta_path.is_file():
+        old = yaml.safe_load(meta_path.read_text()) or {}
+        if float(old.get("label_rate", -1)) != labels_meta["label_rate"] or int(old.get("k", -1)) != k:
+            raise SslseqError(
+                f"{meta_path} says label_rate={old.get('label_rate')}, k={old.get('k')} but {model_path} on {feat_dir} "
+                f"gives label_rate={label_rate}, k={k}; write these labels to another dir or delete the old ones"
+            )
+
+    dev = resolve_device(device)
+    c = centroids.to(dev)
+    bar = progress(None, desc=f"labelling {out_path.name}", total=store.num_frames, unit="frame")
+    try:
+        with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for shard in store.shards:
+                n = shard.frames.shape[0]
+                lab = np.empty(n, np.int64)
+                step = 1 << 16
+                for s in range(0, n, step):
+                    xb = torch.from_numpy(np.array(shard.frames[s : s + step], dtype=np.float32))  # copy: memmaps are read-only
+                    lab[s : s + step] = assign(xb, c, need_dist=False)[0].cpu().numpy()
+                    bar.update(len(xb))
+                for off, ln in zip(shard.offsets, shard.lengths):
+                    f.write(" ".join(map(str, lab[off : off + ln].tolist())))
+                    f.write("\n")
+    finally:
+        bar.close()
+    utts_path = out_path.with_suffix(".utts")
+    atomic_write_text(utts_path, "".join(f"{u}\n" for u in store.utts))
+    atomic_write_text(out_path.parent / DICT_NAME, "".join(f"{i} 1\n" for i in range(k)))
+    atomic_write_text(meta_path, yaml.safe_dump(labels_meta, sort_keys=False))
+    log.info("wrote %s (%d utterances, %d frames, k=%d, %g labels/s)", out_path, len(store), store.num_frames, k, label_rate)
