@@ -26,16 +26,32 @@ class ModelOutput(NamedTuple):
 # Imported after ModelOutput: the model modules import it from here.
 from sslseq.models.ctc import CTCConfig, CTCModel  # noqa: E402
 from sslseq.models.hubert import HubertConfig, HuBERT  # noqa: E402
+from sslseq.models.wav2vec2 import Wav2Vec2, Wav2Vec2Config  # noqa: E402
+from sslseq.models.encoder_only import EncoderOnly, EncoderOnlyConfig  # noqa: E402
 
 MODELS: dict[str, tuple[type, type]] = {
     "hubert": (HubertConfig, HuBERT),
     "ctc": (CTCConfig, CTCModel),
+    "wav2vec2": (Wav2Vec2Config, Wav2Vec2),
+    "encoder": (EncoderOnlyConfig, EncoderOnly),
 }
 
 __all__ = [
     "ModelOutput", "MODELS", "build_model", "load", "model_config_dict", "model_state_dict",
     "save_weights", "load_weights", "HubertConfig", "HuBERT", "CTCConfig", "CTCModel",
+    "Wav2Vec2Config", "Wav2Vec2", "needs_labels",
 ]
+
+
+def needs_labels(model: dict[str, Any] | nn.Module, default_name: str = "hubert") -> bool:
+    """Whether pretraining ``model`` (a built model, or a model config dict whose ``name``
+    defaults to ``default_name``) needs k-means labels: its class attribute ``needs_labels``
+    (True when absent, as for HuBERT)."""
+    if isinstance(model, nn.Module):
+        return bool(getattr(model, "needs_labels", True))
+    name = model.get("name", default_name) if isinstance(model, dict) else default_name
+    entry = MODELS.get(name)
+    return True if entry is None else bool(getattr(entry[1], "needs_labels", True))
 
 
 def build_model(model_cfg: dict[str, Any], where: str = "model") -> nn.Module:

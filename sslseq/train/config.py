@@ -99,6 +99,13 @@ def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfi
     return cfg
 
 
+def pretrain_needs_labels(cfg: TrainConfig) -> bool:
+    """Whether the model pretrained by ``cfg`` (``model.name``, default hubert) needs k-means labels."""
+    from sslseq.models import needs_labels
+
+    return needs_labels(cfg.model if isinstance(cfg.model, dict) else {})
+
+
 def check_train_config(cfg: TrainConfig, where: str = "config") -> None:
     def bad(key: str, msg: str) -> SslseqError:
         return SslseqError(f"{where}: {key}: {msg}")
@@ -109,9 +116,10 @@ def check_train_config(cfg: TrainConfig, where: str = "config") -> None:
         raise bad("out_dir", "not set; pass out_dir=exp/NAME")
     if not cfg.data.train:
         raise bad("data.train", "not set; pass data.train=data/SET (a Kaldi data dir)")
-    if cfg.task == "pretrain" and not cfg.data.labels_train:
+    labels = cfg.task == "pretrain" and pretrain_needs_labels(cfg)
+    if labels and not cfg.data.labels_train:
         raise bad("data.labels_train", "pretraining needs k-means labels; pass data.labels_train=dump/labels/.../SET.km")
-    if cfg.task == "pretrain" and cfg.data.valid and not cfg.data.labels_valid:
+    if labels and cfg.data.valid and not cfg.data.labels_valid:
         raise bad("data.labels_valid", "data.valid is set but its labels are not; pass data.labels_valid=...km")
     if cfg.task == "ctc" and not cfg.init:
         raise bad("init", "CTC fine-tuning needs init=EXP_DIR (a pretrained model) or init=none (random init)")
@@ -183,6 +191,7 @@ __all__ = [
     "TrainConfig",
     "load_train_config",
     "check_train_config",
+    "pretrain_needs_labels",
     "semantic_dict",
     "config_diff",
 ]

@@ -164,13 +164,19 @@ class Trainer:
             sample_rate=d.sample_rate,
             seed=cfg.seed,
         )
-        labels_train = d.labels_train if cfg.task == "pretrain" else None
+        from sslseq.models import needs_labels
+
+        given = self._given_model
+        self.use_labels = cfg.task == "pretrain" and needs_labels(given if given is not None else cfg.model)
+        if cfg.task == "pretrain" and not self.use_labels and (d.labels_train or d.labels_valid):
+            log.info("model %s needs no labels: data.labels_train / data.labels_valid are not read", cfg.model.get("name"))
+        labels_train = d.labels_train if self.use_labels else None
         self.train_set = SpeechDataset(d.train, labels=labels_train, random_crop=True, **common)
         self.valid_set = None
         if d.valid:
-            labels_valid = d.labels_valid if cfg.task == "pretrain" else None
+            labels_valid = d.labels_valid if self.use_labels else None
             self.valid_set = SpeechDataset(d.valid, labels=labels_valid, random_crop=False, **common)
-            if cfg.task == "pretrain" and (
+            if self.use_labels and (
                 self.valid_set.num_classes != self.train_set.num_classes
                 or self.valid_set.label_rate != self.train_set.label_rate
             ):
@@ -205,6 +211,9 @@ class Trainer:
         mcfg = dict(cfg.model)
         if cfg.task == "pretrain":
             mcfg.setdefault("name", "hubert")
+            if not self.use_labels:  # self-supervised targets (wav2vec 2.0): nothing to take from labels
+                self.model_cfg = mcfg
+                return build_model(mcfg)
             for key, value in (("num_classes", self.train_set.num_classes), ("label_rate", self.train_set.label_rate)):
                 if key in cfg.model and cfg.model[key] != value:
                     log.warning("model.%s=%s replaced by %s from the labels (%s)", key, cfg.model[key], value, cfg.data.labels_train)
