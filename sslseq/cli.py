@@ -147,6 +147,19 @@ def cmd_bench(a: argparse.Namespace) -> None:
     module.main(a)
 
 
+def cmd_convert(a: argparse.Namespace) -> None:
+    from sslseq.convert import convert, export
+
+    if a.to:
+        export(Path(a.src), Path(a.out_dir), target=a.to, overwrite=a.overwrite)
+        return
+    lnf = {"pre": True, "post": False, None: None}[a.norm_order]
+    convert(
+        Path(a.src), Path(a.out_dir), a.from_, fairseq_dict=a.dict, num_heads=a.num_heads,
+        layer_norm_first=lnf, overwrite=a.overwrite,
+    )
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -261,6 +274,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=int, default=500)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--skip", nargs="*", default=[], choices=["sklearn", "faiss"], help="references to leave out")
+
+    # convert
+    s = verb(verbs, "convert", cmd_convert, "import a transformers/fairseq/fairseq2 checkpoint as an experiment dir, "
+             "or export an experiment to transformers")
+    direction = s.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--from", dest="from_", choices=["hf", "fairseq", "fairseq2"],
+                           help="SRC is a save_pretrained dir (hf) or a checkpoint file; OUT_DIR becomes an exp dir")
+    direction.add_argument("--to", choices=["hf"], help="SRC is an exp dir; OUT_DIR becomes a transformers dir")
+    s.add_argument("--dict", default=None, help="fairseq CTC checkpoints: the dict.ltr.txt it was fine-tuned with (units.txt)")
+    s.add_argument("--num-heads", type=int, default=None, help="attention heads, for checkpoints without a config")
+    s.add_argument("--norm-order", choices=["pre", "post"], default=None,
+                   help="Transformer LayerNorm placement, for fairseq checkpoints without a config")
+    s.add_argument("--overwrite", action="store_true", help="replace the files of an existing OUT_DIR")
+    s.add_argument("src")
+    s.add_argument("out_dir")
     return p
 
 

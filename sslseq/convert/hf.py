@@ -1,7 +1,8 @@
-"""Import a transformers ``HubertModel`` / ``Wav2Vec2Model`` encoder into our ``SpeechEncoder``.
+"""Import a transformers ``HubertModel`` / ``Wav2Vec2Model`` encoder into our ``SpeechEncoder``,
+or a whole ``Wav2Vec2ForPreTraining`` (encoder + quantizer + projections) into our ``Wav2Vec2``.
 
-Only the encoder is converted (conv frontend, feature projection, mask embedding, Transformer);
-pretraining heads are not part of transformers' base models.
+The encoder layout (conv frontend, feature projection, mask embedding, Transformer) is shared
+by HuBERT and wav2vec 2.0, so one key map serves both.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.nn.transformer import TransformerEncoderConfig
 from sslseq.utils import SslseqError
 
-__all__ = ["encoder_config_from_hf", "convert_hf_state_dict", "speech_encoder_from_hf"]
+__all__ = ["encoder_config_from_hf", "convert_hf_state_dict", "speech_encoder_from_hf", "wav2vec2_from_hf"]
 
 # transformers name → ours (regex on the full key; first match wins).
 _KEY_MAP: list[tuple[str, str]] = [
@@ -107,3 +108,177 @@ def speech_encoder_from_hf(hf_model: torch.nn.Module) -> SpeechEncoder:
         state["mask_emb"] = enc.mask_emb.detach().clone()
     load_weights(enc, state, where=f"transformers {type(hf_model).__name__}")
     return enc
+
+
+# ------------------------------------------------------------------ saved transformers dirs → sslseq models
+# (used by ``sslseq convert --from hf``; the functions above convert in-memory modules)
+
+HF_ARCHITECTURES = ("HubertModel", "HubertForCTC", "Wav2Vec2Model", "Wav2Vec2ForCTC", "Wav2Vec2ForPreTraining")
+# Wav2Vec2ForPreTraining's contrastive head (quantizer, projections) → our wav2vec2 model.
+_HF_PRETRAINING_PREFIXES = ("quantizer.", "project_hid.", "project_q.")
+# transformers' defaults for the fields we read, for config.json files written without them.
+_HF_DEFAULTS: dict[str, Any] = {
+    "feat_extract_norm": "group", "conv_dim": [512] * 7, "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+    "conv_stride": [5, 2, 2, 2, 2, 2, 2], "conv_bias": False, "feat_proj_dropout": 0.0,
+    "mask_time_prob": 0.05, "mask_time_length": 10, "mask_time_min_masks": 2, "mask_feature_prob": 0.0,
+    "mask_feature_length": 10, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+    "num_attention_heads": 12, "hidden_dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.1,
+    "layerdrop": 0.1, "do_stable_layer_norm": False, "num_conv_pos_embeddings": 128,
+    "num_conv_pos_embedding_groups": 16, "final_dropout": 0.1, "pad_token_id": 0,
+}
+
+
+def load_hf_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, int] | None]:
+    """(config.json, weights, vocab.json or None) of a ``save_pretrained`` dir; never unpickles code."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from sslseq.convert import load_torch_file
+
+    d = Path(path)
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise SslseqError(f"{d}: no config.json; expected a directory written by transformers' save_pretrained")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise SslseqError(f"{cfg_path}: not valid JSON ({e})") from None
+    single, index, legacy = d / "model.safetensors", d / "model.safetensors.index.json", d / "pytorch_model.bin"
+    if single.is_file():
+        state = load_file(str(single), device="cpu")
+    elif index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        state = {}
+        for shard in shards:
+            state.update(load_file(str(d / shard), device="cpu"))
+    elif legacy.is_file():
+        state = load_torch_file(legacy)
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise SslseqError(f"{legacy}: expected a state dict (parameter name → tensor)")
+    else:
+        raise SslseqError(f"{d}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+    vocab = None
+    vocab_path = d / "vocab.json"
+    if vocab_path.is_file():
+        raw = json.loads(vocab_path.read_text(encoding="utf-8"))
+        if isinstance(raw, dict) and all(isinstance(v, int) for v in raw.values()):
+            vocab = raw
+        else:  # e.g. multi-language vocabularies ({lang: {token: id}})
+            from sslseq.utils import get_logger
+
+            get_logger(__name__).warning("%s is not a flat token → id map; numbering the units instead", vocab_path)
+    return cfg, state, vocab
+
+
+def convert_hf_dir(path: str | Path) -> tuple[torch.nn.Module, list[str] | None, dict[str, Any]]:
+    """A ``save_pretrained`` dir of one of ``HF_ARCHITECTURES`` → (sslseq model, units or None, provenance).
+
+    *ForCTC → ``ctc`` model (``lm_head`` → ``proj``; units from vocab.json, else numbered);
+    Wav2Vec2ForPreTraining → ``wav2vec2`` model; base models → ``encoder`` model.
+    """
+    from types import SimpleNamespace
+
+    from sslseq.convert import assemble_model, units_from_tokens
+
+    cfg, state, vocab = load_hf_dir(path)
+    arch = (cfg.get("architectures") or [None])[0]
+    if arch not in HF_ARCHITECTURES:
+        raise SslseqError(
+            f"{path}: transformers architecture {arch!r} is not supported; supported: {', '.join(HF_ARCHITECTURES)}"
+        )
+    if cfg.get("add_adapter"):
+        raise SslseqError(f"{path}: models with an adapter (add_adapter=true) are not supported")
+    hf_cfg = SimpleNamespace(**{**_HF_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}})
+    enc_cfg = encoder_config_from_hf(hf_cfg)
+
+    enc_in, lm_head, dropped = {}, {}, []
+    for key, value in state.items():
+        if key.startswith("lm_head."):
+            lm_head[key[len("lm_head."):]] = value
+        elif key.startswith(_HF_PRETRAINING_PREFIXES):
+            dropped.append(key)
+        else:
+            enc_in[key] = value
+    enc_state = convert_hf_state_dict(enc_in)
+
+    head, units = None, None
+    head_map = globals().get("_W2V2_HEAD_MAP", {})  # transformers → our wav2vec2 names
+    if arch == "Wav2Vec2ForPreTraining" and dropped and all(k in head_map for k in dropped):
+        import dataclasses
+
+        from sslseq.convert import wav2vec2_head
+
+        enc_cfg = dataclasses.replace(enc_cfg, dropout_features=float(cfg.get("feat_quantizer_dropout", 0.0)))
+        w2v_cfg = {"num_negatives": int(cfg.get("num_negatives", 100)),
+                   "logit_temp": float(cfg.get("contrastive_logits_temperature", 0.1)),
+                   "diversity_weight": float(cfg.get("diversity_loss_weight", 0.1))}
+        head = wav2vec2_head({head_map[k]: state[k] for k in dropped}, w2v_cfg, enc_cfg)
+        if head is not None:
+            dropped = []
+    if arch.endswith("ForCTC"):
+        if set(lm_head) != {"weight", "bias"}:
+            raise SslseqError(f"{path}: a {arch} needs lm_head.weight and lm_head.bias; found {sorted(lm_head)}")
+        V = int(lm_head["weight"].shape[0])
+        tokens: list[str | None] = [None] * V
+        if vocab is not None:
+            for tok, i in vocab.items():
+                if 0 <= i < V:
+                    tokens[i] = tok
+        blank = int(hf_cfg.pad_token_id)  # transformers' CTC loss uses the pad token as blank
+        units, perm = units_from_tokens(tokens, blank)
+        head = {
+            "kind": "ctc", "weight": lm_head["weight"][perm], "bias": lm_head["bias"][perm],
+            "cfg": {"final_dropout": float(hf_cfg.final_dropout)},
+        }
+    elif lm_head:
+        dropped += [f"lm_head.{k}" for k in lm_head]
+    model = assemble_model(enc_cfg, enc_state, head, where=f"{path} ({arch})")
+    source = {"format": "hf", "path": str(path), "architecture": arch, "model": head["kind"] if head else "encoder"}
+    if dropped:
+        source["dropped"] = sorted({k.split(".")[0] for k in dropped})
+    return model, units, source
+
+
+# Wav2Vec2ForPreTraining heads → our Wav2Vec2 (fairseq names).
+_W2V2_HEAD_MAP = {
+    "quantizer.codevectors": "quantizer.vars",
+    "quantizer.weight_proj.weight": "quantizer.weight_proj.weight",
+    "quantizer.weight_proj.bias": "quantizer.weight_proj.bias",
+    "project_q.weight": "project_q.weight",
+    "project_q.bias": "project_q.bias",
+    "project_hid.weight": "final_proj.weight",
+    "project_hid.bias": "final_proj.bias",
+}
+
+
+def wav2vec2_from_hf(hf_model: torch.nn.Module):
+    """Our ``Wav2Vec2`` with the weights of a transformers ``Wav2Vec2ForPreTraining``."""
+    import dataclasses
+
+    from sslseq.models import load_weights
+    from sslseq.models.wav2vec2 import Wav2Vec2, Wav2Vec2Config, Wav2Vec2EncoderConfig
+
+    c = hf_model.config
+    enc = encoder_config_from_hf(c)
+    enc = Wav2Vec2EncoderConfig(**{f.name: getattr(enc, f.name) for f in dataclasses.fields(enc)})
+    enc.dropout_features = float(c.feat_quantizer_dropout)
+    cfg = Wav2Vec2Config(
+        encoder=enc,
+        final_dim=int(c.proj_codevector_dim),
+        latent_vars=int(c.num_codevectors_per_group),
+        latent_groups=int(c.num_codevector_groups),
+        latent_dim=int(c.codevector_dim),
+        num_negatives=int(c.num_negatives),
+        logit_temp=float(c.contrastive_logits_temperature),
+        diversity_weight=float(c.diversity_loss_weight),
+    )
+    model = Wav2Vec2(cfg)
+    hf_state = hf_model.state_dict()
+    heads = {k: v for k, v in hf_state.items() if k in _W2V2_HEAD_MAP}
+    state = {f"encoder.{k}": v for k, v in convert_hf_state_dict({k: v for k, v in hf_state.items() if k not in heads}).items()}
+    state.update({_W2V2_HEAD_MAP[k]: v for k, v in heads.items()})
+    state.setdefault("encoder.mask_emb", model.encoder.mask_emb.detach().clone())
+    load_weights(model, state, where=f"transformers {type(hf_model).__name__}")
+    return model
