@@ -1,0 +1,118 @@
+"""End to end: the tiny synth_en recipe, a rerun that skips everything, and kill-and-rerun.
+
+These run the real recipe (espeak-ng synthesis, MFCC, k-means, HuBERT pretraining, CTC,
+decoding) at the --tiny size, so they take a few minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = ROOT / "egs" / "synth_en" / "run.sh"
+ENV = {**os.environ, "SSLSEQ_NO_PROGRESS": "1"}
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None or shutil.which("bible") is None,
+    reason="espeak-ng and bible-kjv are needed to synthesize the corpus (bash tools/install.sh installs them)",
+)
+
+
+def recipe_cmd(workdir: Path, *args: str) -> list[str]:
+    return ["bash", str(RUN), "--tiny", "true", "--workdir", str(workdir), *args]
+
+
+def run_recipe(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    r = subprocess.run(recipe_cmd(workdir, *args), capture_output=True, text=True, env=ENV, timeout=1200)
+    assert r.returncode == 0, f"recipe failed:\n{r.stderr[-6000:]}"
+    return r
+
+
+def run_until(workdir: Path, ready, *args: str, timeout: float = 600) -> None:
+    """Start the recipe, SIGKILL its whole process group as soon as ``ready()`` is true."""
+    p = subprocess.Popen(
+        recipe_cmd(workdir, *args), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    t0 = time.time()
+    try:
+        while not ready():
+            if p.poll() is not None:
+                pytest.fail(f"recipe ended before the kill point:\n{p.stderr.read().decode()[-4000:]}")
+            if time.time() - t0 > timeout:
+                pytest.fail("kill point never reached")
+            time.sleep(0.05)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("synth_en_tiny")
+    run_recipe(workdir)
+    return workdir
+
+
+def test_tiny_recipe_end_to_end(tiny_run: Path):
+    results = (tiny_run / "exp" / "RESULTS.md").read_text()
+    assert "WER" in results
+    decode_dirs = sorted(tiny_run.glob("exp/ctc_*/decode_*"))
+    # pretrained-init and from-scratch CTC, each decoded on dev and test
+    assert len(decode_dirs) == 4, decode_dirs
+    for d in decode_dirs:
+        hyp = (d / "hyp.txt").read_text().splitlines()
+        ref_utts = (tiny_run / "data" / d.name.removeprefix("decode_") / "text").read_text().splitlines()
+        assert [h.split()[0] for h in hyp] == [r.split()[0] for r in ref_utts]
+        assert (d / "wer").read_text().startswith("%WER")
+        assert d.name.removeprefix("decode_") in results
+
+
+def test_rerun_skips_finished_stages(tiny_run: Path):
+    r = run_recipe(tiny_run)
+    assert "skip:" in r.stderr
+    assert "stage took" not in r.stderr, "a finished stage was redone"
+
+
+def _same_arrays(a: Path, b: Path) -> None:
+    x, y = load_file(str(a)), load_file(str(b))
+    assert x.keys() == y.keys()
+    for k in x:
+        np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_killed_stages_rerun_to_the_same_outputs(tiny_run: Path, tmp_path: Path):
+    workdir = tmp_path / "killed"
+    workdir.mkdir()
+    for d in ("corpus", "data"):  # stages 0-1 are reused; 2-4 are killed and rerun
+        shutil.copytree(tiny_run / d, workdir / d, symlinks=True)
+
+    # kill during stage 2, once the first feature shard of train is on disk
+    run_until(workdir, lambda: any((workdir / "dump/mfcc/train").glob("*.npy")), "--stage", "2", "--stop-stage", "4")
+    assert not (workdir / "dump/mfcc/train/.done").exists()
+    # kill during stage 3, as soon as k-means fitting has started
+    run_until(workdir, lambda: any(workdir.glob("exp/kmeans_*")), "--stage", "2", "--stop-stage", "4")
+    assert not any(workdir.glob("dump/labels/*/.done"))
+    # kill during stage 4, once the first training checkpoint is on disk
+    run_until(workdir, lambda: any(workdir.glob("exp/pretrain_*/checkpoints/step_*/model.safetensors")),
+              "--stage", "2", "--stop-stage", "4")
+    pretrain = next(workdir.glob("exp/pretrain_*"))
+    assert not (pretrain / ".done").exists()
+    run_recipe(workdir, "--stage", "2", "--stop-stage", "4")
+
+    for set_ in ("train", "dev", "test"):
+        ref, got = tiny_run / "dump/mfcc" / set_, workdir / "dump/mfcc" / set_
+        for f in sorted(ref.glob("*.npy")):
+            np.testing.assert_array_equal(np.load(f), np.load(got / f.name))
+    for km in sorted((tiny_run / "dump/labels").glob("*/*.km")):
+        assert km.read_text() == (workdir / km.relative_to(tiny_run)).read_text()
+    _same_arrays(tiny_run / pretrain.relative_to(workdir) / "model.safetensors", pretrain / "model.safetensors")
