@@ -18,12 +18,12 @@ from sslseq.objectives import contrastive as contrastive_mod
 from sslseq.objectives.contrastive import contrastive_logits, contrastive_loss, sample_negatives
 from sslseq.objectives.quantizer import GumbelVectorQuantizer
 from sslseq.utils import SslseqError
+from test_models import small_encoder  # the small encoder every model test uses
 
 torch.set_num_threads(1)
 
 SR = 16000
 CONF = Path(__file__).resolve().parents[1] / "recipes" / "conf"
-CONV = [[32, 10, 5]] + [[32, 3, 2]] * 4 + [[32, 2, 2]] * 2
 
 
 class MaxNumel(TorchDispatchMode):
@@ -292,18 +292,6 @@ def test_contrastive_never_builds_all_negatives(monkeypatch):
 
 
 # ------------------------------------------------------------------ model
-
-
-def small_encoder(**over):
-    enc = {
-        "conv_layers": CONV,
-        "dropout_input": 0.0,
-        "dropout_features": 0.0,
-        "encoder": {"embed_dim": 48, "ffn_dim": 96, "num_layers": 2, "num_heads": 4, "conv_pos": 16,
-                    "conv_pos_groups": 4, "dropout": 0.0, "attention_dropout": 0.0, "layerdrop": 0.0},
-    }
-    enc.update(over)
-    return enc
 
 
 def w2v_cfg(**over):

@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
+from sslseq.nn.encoder import SpeechEncoderConfig
 from sslseq.utils import SslseqError, get_logger
 
 __all__ = [

@@ -8,6 +8,7 @@ by HuBERT and wav2vec 2.0, so one key map serves both.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -131,7 +132,6 @@ _HF_DEFAULTS: dict[str, Any] = {
 def load_hf_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, int] | None]:
     """(config.json, weights, vocab.json or None) of a ``save_pretrained`` dir; never unpickles code."""
     import json
-    from pathlib import Path
 
     from safetensors.torch import load_file
 
