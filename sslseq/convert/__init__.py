@@ -224,8 +224,8 @@ def load_torch_file(path: str | os.PathLike) -> Any:
                 f"{path}: this checkpoint stores Python objects that cannot be loaded safely{what}; "
                 "fairseq checkpoints keep their config as omegaconf objects. sslseq never unpickles "
                 "code. In a trusted environment with fairseq installed, re-save it with plain dicts:\n"
-                "  ckpt = torch.load(path, weights_only=False)\n"
-                "  from omegaconf import OmegaConf\n"
+                "  from fairseq import checkpoint_utils; from omegaconf import OmegaConf\n"
+                "  ckpt = checkpoint_utils.load_checkpoint_to_cpu(path)\n"
                 "  torch.save({'model': ckpt['model'], 'cfg': OmegaConf.to_container(ckpt['cfg'], resolve=True)}, new_path)\n"
                 "(or save ckpt['model'] alone: the architecture is then inferred from the weights)"
             ) from None

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from sslseq.convert import _check_out_dir
+from sslseq.convert.hf import HF_NAME_PAIRS, name_map
 from sslseq.nn.encoder import SpeechEncoder
 from sslseq.utils import SslseqError, atomic_write_text, get_logger
 
@@ -29,20 +30,7 @@ __all__ = ["export_hf", "hf_config_from_encoder", "encoder_state_to_hf"]
 log = get_logger(__name__)
 
 # Our SpeechEncoder name → transformers HubertModel name (first match wins).
-_TO_HF: list[tuple[str, str]] = [
-    (r"^feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.conv."),
-    (r"^feature_extractor\.conv_layers\.(\d+)\.norm\.", r"feature_extractor.conv_layers.\1.layer_norm."),
-    (r"^layer_norm\.", "feature_projection.layer_norm."),
-    (r"^post_extract_proj\.", "feature_projection.projection."),
-    (r"^mask_emb$", "masked_spec_embed"),
-    (r"^encoder\.pos_conv\.conv\.", "encoder.pos_conv_embed.conv."),
-    (r"^encoder\.layer_norm\.", "encoder.layer_norm."),
-    (r"^encoder\.layers\.(\d+)\.self_attn\.", r"encoder.layers.\1.attention."),
-    (r"^encoder\.layers\.(\d+)\.self_attn_layer_norm\.", r"encoder.layers.\1.layer_norm."),
-    (r"^encoder\.layers\.(\d+)\.fc1\.", r"encoder.layers.\1.feed_forward.intermediate_dense."),
-    (r"^encoder\.layers\.(\d+)\.fc2\.", r"encoder.layers.\1.feed_forward.output_dense."),
-    (r"^encoder\.layers\.(\d+)\.final_layer_norm\.", r"encoder.layers.\1.final_layer_norm."),
-]
+_TO_HF = name_map(HF_NAME_PAIRS, reverse=True)
 
 
 def hf_config_from_encoder(enc: SpeechEncoder) -> dict[str, Any]:

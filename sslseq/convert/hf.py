@@ -19,22 +19,40 @@ from sslseq.utils import SslseqError
 
 __all__ = ["encoder_config_from_hf", "convert_hf_state_dict", "speech_encoder_from_hf", "wav2vec2_from_hf"]
 
-# transformers name → ours (regex on the full key; first match wins).
+# (transformers name, our name) of every SpeechEncoder parameter: prefixes ending in "." or
+# exact names; "{i}" stands for a layer index. The one table both directions are built from.
+HF_NAME_PAIRS: list[tuple[str, str]] = [
+    ("feature_extractor.conv_layers.{i}.conv.", "feature_extractor.conv_layers.{i}.conv."),
+    ("feature_extractor.conv_layers.{i}.layer_norm.", "feature_extractor.conv_layers.{i}.norm."),
+    ("feature_projection.layer_norm.", "layer_norm."),
+    ("feature_projection.projection.", "post_extract_proj."),
+    ("masked_spec_embed", "mask_emb"),
+    ("encoder.pos_conv_embed.conv.", "encoder.pos_conv.conv."),
+    ("encoder.layer_norm.", "encoder.layer_norm."),
+    ("encoder.layers.{i}.attention.", "encoder.layers.{i}.self_attn."),
+    ("encoder.layers.{i}.layer_norm.", "encoder.layers.{i}.self_attn_layer_norm."),
+    ("encoder.layers.{i}.feed_forward.intermediate_dense.", "encoder.layers.{i}.fc1."),
+    ("encoder.layers.{i}.feed_forward.output_dense.", "encoder.layers.{i}.fc2."),
+    ("encoder.layers.{i}.final_layer_norm.", "encoder.layers.{i}.final_layer_norm."),
+]
+
+
+def name_map(pairs: list[tuple[str, str]], reverse: bool = False) -> list[tuple[str, str]]:
+    """(regex, replacement) rules from name pairs, source → target (target → source if reverse)."""
+    rules = []
+    for src, dst in pairs:
+        if reverse:
+            src, dst = dst, src
+        pattern = "^" + re.escape(src).replace(r"\{i\}", r"(\d+)") + ("" if src.endswith(".") else "$")
+        rules.append((pattern, dst.replace("{i}", r"\1")))
+    return rules
+
+
+# transformers name → ours (first match wins); old-style weight norm (g, v) comes first.
 _KEY_MAP: list[tuple[str, str]] = [
-    (r"^feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.conv."),
-    (r"^feature_extractor\.conv_layers\.(\d+)\.layer_norm\.", r"feature_extractor.conv_layers.\1.norm."),
-    (r"^feature_projection\.layer_norm\.", "layer_norm."),
-    (r"^feature_projection\.projection\.", "post_extract_proj."),
-    (r"^masked_spec_embed$", "mask_emb"),
     (r"^encoder\.pos_conv_embed\.conv\.weight_g$", "encoder.pos_conv.conv.parametrizations.weight.original0"),
     (r"^encoder\.pos_conv_embed\.conv\.weight_v$", "encoder.pos_conv.conv.parametrizations.weight.original1"),
-    (r"^encoder\.pos_conv_embed\.conv\.", "encoder.pos_conv.conv."),
-    (r"^encoder\.layer_norm\.", "encoder.layer_norm."),
-    (r"^encoder\.layers\.(\d+)\.attention\.", r"encoder.layers.\1.self_attn."),
-    (r"^encoder\.layers\.(\d+)\.layer_norm\.", r"encoder.layers.\1.self_attn_layer_norm."),
-    (r"^encoder\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"encoder.layers.\1.fc1."),
-    (r"^encoder\.layers\.(\d+)\.feed_forward\.output_dense\.", r"encoder.layers.\1.fc2."),
-    (r"^encoder\.layers\.(\d+)\.final_layer_norm\.", r"encoder.layers.\1.final_layer_norm."),
+    *name_map(HF_NAME_PAIRS),
 ]
 
 
