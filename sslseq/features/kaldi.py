@@ -354,19 +354,24 @@ def _delta_scales(order: int, window: int) -> Tensor:
     return out
 
 
+def _as_batch(feats: Tensor, frame_lengths: Tensor | None) -> tuple[Tensor, Tensor, bool]:
+    """(T, D) or (B, T, D) features -> (B, T, D), int64 lengths on its device (all T if None), was-2-D."""
+    squeeze = feats.dim() == 2
+    if squeeze:
+        feats = feats[None]
+    if frame_lengths is None:
+        frame_lengths = torch.full((feats.shape[0],), feats.shape[1], dtype=torch.int64)
+    return feats, frame_lengths.to(device=feats.device, dtype=torch.int64), squeeze
+
+
 def add_deltas(feats: Tensor, frame_lengths: Tensor | None = None, order: int = 2, window: int = 2) -> Tensor:
     """Kaldi ``add-deltas``: (B, T, D) -> (B, T, D * (order + 1)) as [x, delta, delta-delta, ...].
 
     Frames outside [0, frame_lengths[b]) are replaced by the nearest valid frame (Kaldi's edge
     replication), so padding never leaks into valid frames. A (T, D) input gives (T, D * (order+1)).
     """
-    squeeze = feats.dim() == 2
-    if squeeze:
-        feats = feats[None]
+    feats, frame_lengths, squeeze = _as_batch(feats, frame_lengths)
     b, t, d = feats.shape
-    if frame_lengths is None:
-        frame_lengths = torch.full((b,), t, dtype=torch.int64, device=feats.device)
-    frame_lengths = frame_lengths.to(device=feats.device, dtype=torch.int64)
     if t == 0:
         out = feats.new_zeros(b, 0, d * (order + 1))
         return out[0] if squeeze else out
@@ -383,13 +388,9 @@ def add_deltas(feats: Tensor, frame_lengths: Tensor | None = None, order: int = 
 
 def apply_cmvn(feats: Tensor, frame_lengths: Tensor | None = None, norm_vars: bool = False) -> Tensor:
     """Per-utterance mean (and optionally variance) normalisation over each utterance's valid frames."""
-    squeeze = feats.dim() == 2
-    if squeeze:
-        feats = feats[None]
+    feats, frame_lengths, squeeze = _as_batch(feats, frame_lengths)
     b, t, _ = feats.shape
-    if frame_lengths is None:
-        frame_lengths = torch.full((b,), t, dtype=torch.int64, device=feats.device)
-    valid = (torch.arange(t, device=feats.device)[None, :] < frame_lengths[:, None].to(feats.device))[..., None]
+    valid = (torch.arange(t, device=feats.device)[None, :] < frame_lengths[:, None])[..., None]
     count = valid.sum(1, keepdim=True).clamp_min(1).to(feats.dtype)
     mean = (feats * valid).sum(1, keepdim=True) / count
     out = feats - mean

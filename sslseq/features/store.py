@@ -54,8 +54,11 @@ def write_shard(feat_dir: Path, rank: int, nj: int, utts: list[str], feats: list
     name = shard_name(rank, nj)
     atomic_write_text(feat_dir / f"{name}.utts", "".join(f"{u}\n" for u in utts))
     atomic_write_text(feat_dir / f"{name}.len", "".join(f"{len(f)}\n" for f in feats))
-    dim = feats[0].shape[1] if feats else int(read_meta(feat_dir).get("dim", 0)) if (feat_dir / META).exists() else 0
-    array = np.concatenate(feats, axis=0).astype(np.float32, copy=False) if feats else np.zeros((0, dim), np.float32)
+    if feats:
+        array = np.concatenate(feats, axis=0).astype(np.float32, copy=False)
+    else:  # an empty shard still has the set's feature dim
+        dim = int(read_meta(feat_dir).get("dim", 0)) if (feat_dir / META).exists() else 0
+        array = np.zeros((0, dim), np.float32)
     with atomic_path(feat_dir / f"{name}.npy") as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array)
