@@ -112,9 +112,3 @@ def load_config(cls: type[C], path: str | Path | None, overrides: list[str] = ()
     data = load_yaml(path) if path is not None else {}
     data = apply_overrides(data, list(overrides), cls)
     return from_dict(cls, data, where=str(path) if path else "config")
-
-
-def save_config(cfg: Any, path: str | Path) -> None:
-    from sslseq.utils import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

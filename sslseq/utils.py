@@ -10,8 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
-import numpy as np
-
 T = TypeVar("T")
 
 
@@ -46,12 +44,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-
-
-def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
 
 
 def get_logger(name: str = "sslseq") -> logging.Logger:
