@@ -28,18 +28,21 @@ from sslseq.models.ctc import CTCConfig, CTCModel  # noqa: E402
 from sslseq.models.hubert import HubertConfig, HuBERT  # noqa: E402
 from sslseq.models.wav2vec2 import Wav2Vec2, Wav2Vec2Config  # noqa: E402
 from sslseq.models.encoder_only import EncoderOnly, EncoderOnlyConfig  # noqa: E402
+from sslseq.models.dinosr import DinoSR, DinoSRConfig  # noqa: E402
 
 MODELS: dict[str, tuple[type, type]] = {
     "hubert": (HubertConfig, HuBERT),
     "ctc": (CTCConfig, CTCModel),
     "wav2vec2": (Wav2Vec2Config, Wav2Vec2),
     "encoder": (EncoderOnlyConfig, EncoderOnly),
+    "dinosr": (DinoSRConfig, DinoSR),
 }
 
 __all__ = [
     "ModelOutput", "MODELS", "build_model", "load", "model_config_dict", "model_state_dict",
     "save_weights", "load_weights", "HubertConfig", "HuBERT", "CTCConfig", "CTCModel",
     "Wav2Vec2Config", "Wav2Vec2", "needs_labels",
+    "DinoSRConfig", "DinoSR",
 ]
 
 
