@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from sslseq.kernels.rng import draw_seed, gumbel_noise
 from sslseq.models import CTCModel, Wav2Vec2, build_model, load, model_config_dict, save_weights
 from sslseq.objectives import contrastive as contrastive_mod
 from sslseq.objectives.contrastive import contrastive_logits, contrastive_loss, sample_negatives
@@ -56,7 +57,12 @@ def literal_quantize(qz: GumbelVectorQuantizer, x: torch.Tensor, training: bool)
     avg = torch.softmax(logits.view(B * T, G, -1), dim=-1).mean(0)
     prob_ppl = torch.exp(-torch.sum(avg * torch.log(avg + 1e-7), dim=-1)).sum()
     if training:
-        onehot = F.gumbel_softmax(logits, tau=qz.curr_temp, hard=True)
+        # F.gumbel_softmax(hard=True) spelled out, with the noise of sslseq.kernels.rng (the
+        # quantizer's Gumbel noise is a hash of (seed drawn from torch's generator, offset)).
+        g = gumbel_noise(torch.arange(logits.numel()), draw_seed()).view_as(logits).to(logits.dtype)
+        y_soft = ((logits + g) / qz.curr_temp).softmax(-1)
+        y_hard = torch.zeros_like(y_soft).scatter_(-1, y_soft.max(-1, keepdim=True)[1], 1.0)
+        onehot = y_hard - y_soft.detach() + y_soft
     else:
         onehot = hard
     onehot = onehot.reshape(B * T, -1)

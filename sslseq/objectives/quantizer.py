@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from sslseq.kernels import gumbel_quantize
+from sslseq.kernels.rng import draw_seed
 
 __all__ = ["GumbelVectorQuantizer", "QuantizerOutput", "perplexity"]
 
@@ -101,24 +103,29 @@ class GumbelVectorQuantizer(nn.Module):
             counts = torch.zeros(G * V, dtype=torch.float32, device=logits.device).scatter_add_(0, bins, weights)
             code_ppl_groups = perplexity(counts.view(G, V) / n_valid)
 
-        # Softmax / Gumbel in at least fp32 (fairseq casts half-precision logits up).
-        wide = logits if logits.dtype == torch.float64 else logits.float()
-        probs = torch.softmax(wide, dim=-1)
-        if valid is not None:
-            probs = probs * valid[:, None, None].to(probs.dtype)
-        avg_probs = probs.sum(dim=0) / n_valid  # (G, V)
-        prob_ppl = perplexity(avg_probs).sum()
-
         book = self.codebook()
+        fused_mean = None
         if self.training:
-            # Straight-through hard sample: forward value one-hot, gradient of the soft sample.
-            onehot = F.gumbel_softmax(wide, tau=self.curr_temp, hard=True).type_as(logits)
-            idx = onehot.argmax(dim=-1)
-            # Σ_v onehot[n,g,v]·book[g,v] as a per-group matmul: never builds (N, G·V, d).
-            q = torch.bmm(onehot.transpose(0, 1), book.to(onehot.dtype)).transpose(0, 1)  # (N, G, d)
+            # Straight-through hard Gumbel sample + codevector gather, fused (sslseq.kernels:
+            # reference / chunked / triton by device or $SSLSEQ_KERNEL_PATH). The noise is a
+            # function of a seed drawn from torch's generator, so training stays reproducible.
+            q, idx, fused_mean = gumbel_quantize(
+                logits.reshape(-1, G * V), book.reshape(G * V, -1), self.curr_temp, hard=True, seed=draw_seed(), groups=G
+            )
+            q = q.view(-1, G, book.size(-1))
         else:
             idx = hard_idx
             q = book[torch.arange(G, device=idx.device), idx]  # (N, G, d) index gather
+        if fused_mean is not None and valid is None:
+            avg_probs = fused_mean  # mean softmax over all rows, already computed by the kernel
+        else:
+            # Softmax in at least fp32 (fairseq casts half-precision logits up); padding left out.
+            wide = logits if logits.dtype == torch.float64 else logits.float()
+            probs = torch.softmax(wide, dim=-1)
+            if valid is not None:
+                probs = probs * valid[:, None, None].to(probs.dtype)
+            avg_probs = probs.sum(dim=0) / n_valid  # (G, V)
+        prob_ppl = perplexity(avg_probs).sum()
         return QuantizerOutput(
             x=q.reshape(B, T, -1),
             code_perplexity=code_ppl_groups.sum(),
