@@ -22,7 +22,9 @@ setup(
         "accelerate>=0.30",
     ],
     extras_require={
-        "test": ["pytest>=7", "kaldi-native-fbank>=1.18", "scikit-learn>=1.3", "faiss-cpu>=1.7", "transformers>=4.40"],
+        "test": ["pytest>=7", "kaldi-native-fbank>=1.18", "scikit-learn>=1.3", "faiss-cpu>=1.7", "transformers>=4.40",
+                 # Kernel tests run the Triton interpreter on CPU; wheels exist for x86_64 Linux only.
+                 "triton>=3.0; platform_system=='Linux' and platform_machine=='x86_64'"],
         "gpu": ["triton>=3.0"],
     },
     entry_points={"console_scripts": ["sslseq=sslseq.cli:main"]},
