@@ -274,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=int, default=500)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--skip", nargs="*", default=[], choices=["sklearn", "faiss"], help="references to leave out")
+    s = verb(bench, "kernels", cmd_bench, "Gumbel quantizer / contrastive loss kernels: time and peak memory per path vs reference")
+    s.add_argument("--out", default=None, help="write the records as JSON to this file")
+    s.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    s.add_argument("--repeats", type=int, default=3, help="timed runs per path (best is kept)")
+    s.add_argument("--shapes", nargs="*", choices=["base", "large"], default=None, help="default: both")
+    s.add_argument("--ops", nargs="*", choices=["gumbel_quantize", "contrastive_loss"], default=None, help="default: both")
 
     # convert
     s = verb(verbs, "convert", cmd_convert, "import a transformers/fairseq/fairseq2 checkpoint as an experiment dir, "
