@@ -29,16 +29,19 @@ subset=                # labeled subset for CTC (duration, e.g. 10min, 1h); defa
 feat_type=mfcc         # features for the first k-means iteration
 k=                     # clusters; default 100 (tiny: 20)
 model=hubert           # SSL family to pretrain
+iterations=1           # HuBERT iterations: 2+ runs stage 5 (layer features → k-means → pretrain again)
+iter_config=           # layer and K of each iteration after the first; default recipes/conf/hubert_iterations.yaml
 pretrain_config=       # pretraining YAML; default recipes/conf/pretrain_${model}_tiny.yaml
-ctc_config=            # default: recipes/conf/ctc_tiny.yaml
+ctc_config=            # default: recipes/conf/ctc_${model}_tiny.yaml if there is one, else ctc_tiny.yaml
 pretrain_steps=        # override optim.max_steps of the pretraining config
 ctc_steps=             # override optim.max_steps of the CTC config
 
 help_message="Usage: egs/<corpus>/run.sh [options]
   Stages: 0 corpus + data dirs, 1 validate + labeled subset, 2 features, 3 k-means targets,
-          4 pretraining, 5 HuBERT iteration 2+ (not yet), 6 CTC fine-tuning (pretrained and
-          from scratch), 7 decoding + WER (RESULTS.md).
-  e.g. run.sh --stage 0 --stop-stage 3; run.sh --stage 4 --model hubert; run.sh --stage 6 --subset 1h"
+          4 pretraining, 5 HuBERT iteration 2+ (--iterations), 6 CTC fine-tuning (pretrained
+          and from scratch), 7 decoding + WER (RESULTS.md).
+  e.g. run.sh --stage 0 --stop-stage 3; run.sh --stage 4 --model hubert; run.sh --stage 6 --subset 1h
+       run.sh --stage 5 --iterations 2   # HuBERT iteration 2 on layer features of iteration 1"
 . "$root_dir/tools/parse_options.sh"
 
 tiny_overrides=()
@@ -50,10 +53,19 @@ if [ "$tiny" = true ]; then
 fi
 subset=${subset:-30min}; k=${k:-100}
 pretrain_config=${pretrain_config:-$root_dir/recipes/conf/pretrain_${model}_tiny.yaml}
-ctc_config=${ctc_config:-$root_dir/recipes/conf/ctc_tiny.yaml}
+# ctc_tiny.yaml's encoder section (init=none) is model_hubert_tiny's; other architectures bring their own.
+default_ctc=$root_dir/recipes/conf/ctc_${model}_tiny.yaml
+[ -f "$default_ctc" ] || default_ctc=$root_dir/recipes/conf/ctc_tiny.yaml
+ctc_config=${ctc_config:-$default_ctc}
 [ -f "$pretrain_config" ] || die "no pretraining config $pretrain_config (--model $model, --pretrain-config)"
 [ -f "$ctc_config" ] || die "no CTC config $ctc_config (--ctc-config)"
 [ "$cmd" = local ] || die "--cmd $cmd: only 'local' is supported so far"
+iter_config=${iter_config:-$root_dir/recipes/conf/hubert_iterations.yaml}
+[[ "$iterations" =~ ^[1-9][0-9]*$ ]] || die "--iterations $iterations: a positive integer is needed"
+if [ "$iterations" -gt 1 ]; then
+  [ "$model" = hubert ] || die "--iterations $iterations: only HuBERT iterates on its own layer features (use --model hubert)"
+  [ -f "$iter_config" ] || die "no iteration config $iter_config (--iter-config)"
+fi
 
 mkdir -p "$workdir" && cd "$workdir"
 labeled=${train_set}_${subset}
@@ -62,6 +74,75 @@ pretrain_tag=$(basename "$pretrain_config" .yaml)_${label_tag}
 pretrain_dir=exp/${pretrain_tag}
 ctc_tag=$(basename "$ctc_config" .yaml)_${labeled}
 steps_override() { [ -z "$1" ] || echo "optim.max_steps=$1"; }
+
+# HuBERT iteration $1 (>= 2): its settings from $iter_config and the names of what it writes.
+iteration() {
+  local it=$1 get="sslseq config get $iter_config iterations.$(($1 - 2))"
+  it_layer=$($get.layer) || die "$iter_config: iteration $it needs an entry with 'layer' (and 'k')"
+  it_k=$($get.k) || die "$iter_config: iteration $it needs 'k'"
+  it_config=$($get.pretrain_config --default "") || exit 1
+  it_config=${it_config:-$pretrain_config}
+  [[ "$it_config" = /* ]] || it_config=$root_dir/recipes/conf/$it_config
+  [ -f "$it_config" ] || die "$iter_config: iteration $it: no pretraining config $it_config"
+  it_feats=layer_it${it}_L${it_layer}
+  it_label_tag=it${it}_L${it_layer}_k${it_k}
+  it_dir=exp/$(basename "$it_config" .yaml)_${it_label_tag}
+}
+# Stages 6-7 fine-tune the last iteration's model.
+final_pretrain_dir=$pretrain_dir final_pretrain_tag=$pretrain_tag
+for ((i = 2; i <= iterations; i++)); do
+  iteration "$i"
+  final_pretrain_dir=$it_dir final_pretrain_tag=$(basename "$it_dir")
+done
+
+# Features of type $1 for the sets $2 into dump/$3/<set> (--nj shards); type layer also takes
+# the model dir $4 and the layer index $5.
+dump_features() {
+  local type=$1 sets=$2 name=$3 set out opts layer_opts=()
+  if [ "$type" = layer ]; then layer_opts=(--checkpoint "$4" --layer "$5"); fi
+  for set in $sets; do
+    out=dump/$name/$set
+    opts="type=$type nj=$nj data=$(marker_id data)"
+    [ "$type" != layer ] || opts="$opts layer=$5 model=$(marker_id "$4")"
+    if stage_todo "$out" "$opts"; then
+      "$root_dir/tools/run_jobs.sh" --cmd "$cmd" --max-parallel "$nj" "JOB=0:$((nj - 1))" "$out/log/dump.JOB.log" \
+        sslseq feats dump --type "$type" --nj "$nj" --rank JOB --device "${device/auto/cpu}" "${layer_opts[@]}" \
+        "data/$set" "$out"
+      sslseq feats check --nj "$nj" "$out"
+      mark_done "$out" "$opts"
+    fi
+  done
+}
+
+# k-means with $1 clusters on dump/$2/$train_set; labels of the sets $3 into dump/labels/$4.
+kmeans_targets() {
+  local k=$1 feats=$2 sets=$3 tag=$4 km_dir=exp/kmeans_$4 lab_dir=dump/labels/$4 set opts
+  opts="k=$k seed=$seed feats=$(marker_id "dump/$feats/$train_set")"
+  if stage_todo "$km_dir" "$opts"; then
+    sslseq kmeans fit --k "$k" --seed "$seed" --device "$device" "dump/$feats/$train_set" "$km_dir/model.safetensors"
+    mark_done "$km_dir" "$opts"
+  fi
+  opts="model=$(marker_id "$km_dir")"
+  if stage_todo "$lab_dir" "$opts"; then
+    for set in $sets; do
+      sslseq kmeans label --device "$device" "$km_dir/model.safetensors" "dump/$feats/$set" "$lab_dir/$set.km"
+    done
+    mark_done "$lab_dir" "$opts"
+  fi
+}
+
+# Pretrain with config $1 into $2 on the labels dump/labels/$3 (ignored by label-free models).
+pretrain() {
+  local config=$1 out=$2 labels=dump/labels/$3 opts
+  opts="config=$(md5sum < "$config" | cut -c1-12) steps=$pretrain_steps tiny=$tiny seed=$seed labels=$(marker_id "$labels")"
+  if stage_todo "$out" "$opts"; then
+    timed sslseq train "$config" out_dir="$out" seed="$seed" device="$device" \
+      data.train="data/$train_set" data.valid="data/$dev_set" \
+      data.labels_train="$labels/$train_set.km" data.labels_valid="$labels/$dev_set.km" \
+      $(steps_override "$pretrain_steps") "${tiny_overrides[@]}"
+    mark_done "$out" "$opts"
+  fi
+}
 all_sets=$(echo "$train_set $dev_set $test_sets" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | tr '\n' ' ')
 
 run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
@@ -94,16 +175,7 @@ fi
 if run_stage 2; then
   log "stage 2: $feat_type features (--nj $nj)"
   t0=$SECONDS
-  for set in $all_sets; do
-    out=dump/$feat_type/$set
-    opts="type=$feat_type nj=$nj data=$(marker_id data)"
-    if stage_todo "$out" "$opts"; then
-      "$root_dir/tools/run_jobs.sh" --cmd "$cmd" --max-parallel "$nj" "JOB=0:$((nj - 1))" "$out/log/dump.JOB.log" \
-        sslseq feats dump --type "$feat_type" --nj "$nj" --rank JOB --device "${device/auto/cpu}" "data/$set" "$out"
-      sslseq feats check --nj "$nj" "$out"
-      mark_done "$out" "$opts"
-    fi
-  done
+  dump_features "$feat_type" "$all_sets" "$feat_type"
   log "stage 2 took $((SECONDS - t0)) s"
 fi
 
@@ -111,45 +183,36 @@ fi
 if run_stage 3; then
   log "stage 3: k-means (K=$k) on $train_set $feat_type features, labels for every set"
   t0=$SECONDS
-  km_dir=exp/kmeans_$label_tag
-  opts="k=$k seed=$seed feats=$(marker_id "dump/$feat_type/$train_set")"
-  if stage_todo "$km_dir" "$opts"; then
-    sslseq kmeans fit --k "$k" --seed "$seed" --device "$device" "dump/$feat_type/$train_set" "$km_dir/model.safetensors"
-    mark_done "$km_dir" "$opts"
-  fi
-  lab_dir=dump/labels/$label_tag
-  opts="model=$(marker_id "$km_dir")"
-  if stage_todo "$lab_dir" "$opts"; then
-    for set in $all_sets; do
-      sslseq kmeans label --device "$device" "$km_dir/model.safetensors" "dump/$feat_type/$set" "$lab_dir/$set.km"
-    done
-    mark_done "$lab_dir" "$opts"
-  fi
+  kmeans_targets "$k" "$feat_type" "$all_sets" "$label_tag"
   log "stage 3 took $((SECONDS - t0)) s"
 fi
 
 # ---------------------------------------------------------------- 4: pretraining
 if run_stage 4; then
   log "stage 4: pretrain $model ($pretrain_config) → $pretrain_dir"
-  opts="config=$(md5sum < "$pretrain_config" | cut -c1-12) steps=$pretrain_steps tiny=$tiny seed=$seed labels=$(marker_id "dump/labels/$label_tag")"
-  if stage_todo "$pretrain_dir" "$opts"; then
-    timed sslseq train "$pretrain_config" out_dir="$pretrain_dir" seed="$seed" device="$device" \
-      data.train="data/$train_set" data.valid="data/$dev_set" \
-      data.labels_train="dump/labels/$label_tag/$train_set.km" data.labels_valid="dump/labels/$label_tag/$dev_set.km" \
-      $(steps_override "$pretrain_steps") "${tiny_overrides[@]}"
-    mark_done "$pretrain_dir" "$opts"
-  fi
+  pretrain "$pretrain_config" "$pretrain_dir" "$label_tag"
 fi
 
 # ---------------------------------------------------------------- 5: HuBERT iteration 2+
-if run_stage 5; then
-  log "stage 5: HuBERT iteration 2+ is not implemented yet; skipping"
+if run_stage 5 && [ "$iterations" -gt 1 ]; then
+  src_model=$pretrain_dir
+  for ((i = 2; i <= iterations; i++)); do
+    iteration "$i"
+    log "stage 5: HuBERT iteration $i: layer $it_layer of $src_model → k-means (K=$it_k) → $it_dir"
+    t0=$SECONDS
+    # Pretraining reads labels of train and dev only.
+    dump_features layer "$train_set $dev_set" "$it_feats" "$src_model" "$it_layer"
+    kmeans_targets "$it_k" "$it_feats" "$train_set $dev_set" "$it_label_tag"
+    pretrain "$it_config" "$it_dir" "$it_label_tag"
+    log "stage 5: iteration $i took $((SECONDS - t0)) s"
+    src_model=$it_dir
+  done
 fi
 
 # ---------------------------------------------------------------- 6: CTC fine-tuning
 if run_stage 6; then
-  for init in "$pretrain_dir" none; do
-    if [ "$init" = none ]; then out=exp/${ctc_tag}_scratch; else out=exp/${ctc_tag}_from_${pretrain_tag}; fi
+  for init in "$final_pretrain_dir" none; do
+    if [ "$init" = none ]; then out=exp/${ctc_tag}_scratch; else out=exp/${ctc_tag}_from_${final_pretrain_tag}; fi
     log "stage 6: CTC on $labeled, init=$init → $out"
     init_id=none; [ "$init" = none ] || init_id=$(marker_id "$init")
     opts="config=$(md5sum < "$ctc_config" | cut -c1-12) steps=$ctc_steps tiny=$tiny seed=$seed init=$init_id data=$(marker_id "data/$labeled")"
@@ -165,7 +228,7 @@ fi
 if run_stage 7; then
   log "stage 7: decode and score $test_sets"
   decode_dirs=()
-  for exp in exp/${ctc_tag}_from_${pretrain_tag} exp/${ctc_tag}_scratch; do
+  for exp in exp/${ctc_tag}_from_${final_pretrain_tag} exp/${ctc_tag}_scratch; do
     for set in $test_sets; do
       out=$exp/decode_$set
       opts="model=$(marker_id "$exp") data=$(marker_id data)"

@@ -140,6 +140,21 @@ def cmd_results(a: argparse.Namespace) -> None:
     print(write_results([Path(p) for p in a.decode_dirs], Path(a.out)))
 
 
+def cmd_config_get(a: argparse.Namespace) -> None:
+    from sslseq.config import get_value, load_yaml
+
+    data = load_yaml(a.file)
+    try:
+        value = get_value(data, a.key, where=a.file)
+    except SslseqError:
+        if a.default is None:
+            raise
+        value = a.default
+    if isinstance(value, (dict, list)):
+        raise SslseqError(f"{a.file}: '{a.key}' is a {'mapping' if isinstance(value, dict) else 'list'}, not a single value")
+    print(str(value).lower() if isinstance(value, bool) else "" if value is None else value)
+
+
 def cmd_bench(a: argparse.Namespace) -> None:
     import importlib
 
@@ -260,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb(verbs, "results", cmd_results, "collect scored decode dirs into a RESULTS.md table")
     s.add_argument("--out", required=True)
     s.add_argument("decode_dirs", nargs="+")
+
+    # config
+    cfg = verbs.add_parser("config", help="read recipe configs").add_subparsers(dest="sub", metavar="SUB", required=True)
+    s = verb(cfg, "get", cmd_config_get, "print one value of a YAML file (recipes read per-iteration settings this way)")
+    s.add_argument("--default", default=None, help="print this when the key is absent instead of failing")
+    s.add_argument("file")
+    s.add_argument("key", help="dotted path; list items by index, e.g. iterations.0.layer")
 
     # bench
     bench = verbs.add_parser("bench", help="benchmarks against references measured in the same run").add_subparsers(

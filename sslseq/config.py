@@ -107,6 +107,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def get_value(data: Any, key: str, where: str) -> Any:
+    """The value at dotted ``key`` of nested dicts/lists (``iterations.0.layer``); list items by index."""
+    node = data
+    for i, part in enumerate(key.split(".")):
+        here = ".".join(key.split(".")[:i]) or "the top level"
+        if isinstance(node, dict):
+            if part not in node:
+                raise SslseqError(f"{where}: no key '{key}' ('{part}' is not among {', '.join(map(str, node)) or 'no keys'} at {here})")
+            node = node[part]
+        elif isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise SslseqError(f"{where}: no key '{key}' ({here} is a list of {len(node)} items; '{part}' is not an index 0..{len(node) - 1})")
+            node = node[int(part)]
+        else:
+            raise SslseqError(f"{where}: no key '{key}' ({here} is the value {node!r}, not a mapping or list)")
+    return node
+
+
 def load_config(cls: type[C], path: str | Path | None, overrides: list[str] = ()) -> C:
     """Load ``cls`` from a YAML file (or defaults when ``path`` is None) plus overrides."""
     data = load_yaml(path) if path is not None else {}

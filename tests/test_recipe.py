@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from safetensors.numpy import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,3 +117,42 @@ def test_killed_stages_rerun_to_the_same_outputs(tiny_run: Path, tmp_path: Path)
     for km in sorted((tiny_run / "dump/labels").glob("*/*.km")):
         assert km.read_text() == (workdir / km.relative_to(tiny_run)).read_text()
     _same_arrays(tiny_run / pretrain.relative_to(workdir) / "model.safetensors", pretrain / "model.safetensors")
+
+
+def test_hubert_iteration_2_on_layer_features(tiny_run: Path):
+    """Stage 5: layer 3 of the iteration-1 model → k-means → a new HuBERT on 50 Hz labels, which
+    stages 6-7 then fine-tune and score (after the tests above, which use iteration 1's outputs)."""
+    r = run_recipe(tiny_run, "--stage", "5", "--iterations", "2")
+    assert "stage 5: HuBERT iteration 2: layer 3 of exp/pretrain_hubert_tiny_mfcc_k20" in r.stderr
+    feats = yaml.safe_load((tiny_run / "dump/layer_it2_L3/train/feats.yaml").read_text())
+    assert feats["type"] == "layer" and feats["layer"] == 3 and feats["frame_rate"] == 50.0
+    labels = yaml.safe_load((tiny_run / "dump/labels/it2_L3_k100/labels.yaml").read_text())
+    assert labels["label_rate"] == 50.0 and labels["k"] == 100
+    it2 = tiny_run / "exp/pretrain_hubert_tiny_it2_L3_k100"
+    assert yaml.safe_load((it2 / "config.yaml").read_text())["model"]["label_rate"] == 50.0
+    results = (tiny_run / "exp/RESULTS.md").read_text()
+    assert "ctc_tiny_train_1min_from_pretrain_hubert_tiny_it2_L3_k100" in results
+    # a rerun of the same iteration skips it
+    r = run_recipe(tiny_run, "--stage", "5", "--stop-stage", "5", "--iterations", "2")
+    assert "stage took" not in r.stderr
+
+
+def test_iterations_need_hubert(tmp_path: Path):
+    r = subprocess.run(recipe_cmd(tmp_path, "--iterations", "2", "--model", "wav2vec2"), capture_output=True,
+                       text=True, env=ENV, timeout=60)
+    assert r.returncode != 0 and "only HuBERT iterates" in r.stderr
+
+
+def test_config_get_reads_one_value_and_names_missing_keys(tmp_path: Path, capsys):
+    from sslseq.cli import main
+
+    f = tmp_path / "it.yaml"
+    f.write_text("iterations:\n  - layer: 3\n    k: 50\n")
+    assert main(["config", "get", str(f), "iterations.0.layer"]) == 0
+    assert capsys.readouterr().out == "3\n"
+    assert main(["config", "get", "--default", "x.yaml", str(f), "iterations.0.pretrain_config"]) == 0
+    assert capsys.readouterr().out == "x.yaml\n"
+    assert main(["config", "get", str(f), "iterations.1.layer"]) == 1
+    assert "list of 1 items; '1' is not an index 0..0" in capsys.readouterr().err
+    assert main(["config", "get", str(f), "iterations.0.layr"]) == 1
+    assert "'layr' is not among layer, k" in capsys.readouterr().err
