@@ -33,6 +33,7 @@ from sslseq.data.batching import LengthBucketBatchSampler
 from sslseq.data.dataset import SpeechDataset, collate
 from sslseq.train import checkpoint as ckpt
 from sslseq.train.config import TrainConfig, config_diff, load_train_config, semantic_dict
+from sslseq.train.health import HealthMonitor
 from sslseq.train.schedule import lr_at
 from sslseq.utils import SslseqError, atomic_write_text, get_logger, progress
 
@@ -498,6 +499,8 @@ class Trainer:
         self.stats["last_train_loss"] = record["loss"]
         self.stats["frames_per_s"] = record["frames_per_s"]
         self._log(record)
+        if self.is_main:
+            self.health.check(self.step, record)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{record['loss']:.3f}", fps=f"{record['frames_per_s']:.0f}", refresh=False)
         self.acc = {}
@@ -554,6 +557,7 @@ class Trainer:
         self.step = self.epoch = self.batch_index = 0
         self.stats: dict[str, Any] = {"best_valid_loss": None, "wall_time_s": 0.0, "audio_seconds": 0.0}
         self.acc: dict[str, float] = {}
+        self.health = HealthMonitor(warmup_steps=cfg.optim.warmup_steps)
         self._resume()
         self._wall_base, self._t_start = float(self.stats.get("wall_time_s", 0.0)), time.time()
 
