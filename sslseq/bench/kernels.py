@@ -115,28 +115,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(run: Callable[[str], torch.Tensor], path: str, device: torch.device, repeats: int):
-    """(best time in ms, peak MB beyond the inputs, loss value) of forward+backward."""
-    value = run(path)  # warm-up: compilation, allocator, caches
-    best = float("inf")
+def measure(run: Callable[[str], torch.Tensor], paths: list[str], device: torch.device, repeats: int):
+    """{path: (best time in ms, peak MB beyond the inputs, loss value)} of forward+backward.
+    The timed repeats go round the paths in turn, so a busy machine slows them alike."""
+    values = {p: float(run(p)) for p in paths}  # warm-up: compilation, allocator, caches
+    best = dict.fromkeys(paths, float("inf"))
     for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        run(path)
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        run(path)
-        _sync(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
-    else:
-        with LiveTensorBytes() as tracker:
-            run(path)
-        peak = tracker.peak
-    return best * 1e3, peak / 2**20, float(value)
+        for p in paths:
+            _sync(device)
+            t0 = time.perf_counter()
+            run(p)
+            _sync(device)
+            best[p] = min(best[p], time.perf_counter() - t0)
+    out = {}
+    for p in paths:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            run(p)
+            _sync(device)
+            peak = torch.cuda.max_memory_allocated(device) - base
+        else:
+            with LiveTensorBytes() as tracker:
+                run(p)
+            peak = tracker.peak
+        out[p] = (best[p] * 1e3, peak / 2**20, values[p])
+    return out
 
 
 def main(args) -> None:
@@ -163,11 +168,10 @@ def main(args) -> None:
             dims = SHAPES[op][name]
             shape = " ".join(f"{k}={v}" for k, v in dims.items())
             run = CASES[op](device, **dims)
-            ref_time = ref_peak = ref_value = None
+            results = measure(run, paths, device, repeats)
+            ref_time, ref_peak, ref_value = results["reference"]
             for path in paths:
-                t, peak, value = measure(run, path, device, repeats)
-                if path == "reference":
-                    ref_time, ref_peak, ref_value = t, peak, value
+                t, peak, value = results[path]
                 rec = dict(op=op, path=path, shape=shape, device=device.type, time_ms=round(t, 3), peak_mb=round(peak, 2),
                            speedup_vs_reference=round(ref_time / t, 3),
                            memory_vs_reference=round(peak / ref_peak, 4) if ref_peak else None)
