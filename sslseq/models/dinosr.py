@@ -192,8 +192,10 @@ class DinoSR(nn.Module):
 
         logs: dict[str, float] = {"n_masked": float(n), "ema_decay": self.ema_decay,
                                   "codebook_decay": cfg.codebook_decay, "chance_bits": math.log2(V)}
-        if n == 0:  # nothing masked (only very short utterances): no loss, keep the graph
-            return ModelOutput(out.x.sum() * 0.0, 0, {**logs, "loss": 0.0})
+        if n == 0:  # nothing masked (only very short utterances): no loss; every head stays in the
+            # graph so DDP (find_unused_parameters=False) still sees a gradient for each parameter
+            zero = out.x.sum() + sum(p.sum() for p in self.heads.parameters())
+            return ModelOutput(zero * 0.0, 0, {**logs, "loss": 0.0})
 
         x = out.x[sel]
         logits = torch.stack([head(x) for head in self.heads]).float()  # (k, N, V)
