@@ -305,6 +305,17 @@ def test_forward_logs_and_codebook_update_only_in_training():
     assert not model.teacher.training
 
 
+def test_batch_without_masked_frames():
+    torch.manual_seed(0)
+    model = build_model(dinosr_cfg(encoder=small_encoder(mask_prob=1e-6, mask_min_masks=0)))
+    sums = model.codebooks.sums.clone()
+    out = model(batch())
+    assert out.sample_size == 0 and out.loss.item() == 0.0 and out.logs["n_masked"] == 0.0
+    out.loss.backward()  # the heads still get a (zero) gradient, as DDP expects
+    assert all(p.grad is not None for p in model.heads.parameters())
+    assert torch.equal(model.codebooks.sums, sums)
+
+
 def test_codebook_collapse_warning_is_rate_limited(monkeypatch):
     from sslseq.models import dinosr as dinosr_mod
 
