@@ -1,8 +1,12 @@
 """The speech encoder shared by every SSL family (wav2vec 2.0 / HuBERT / w2v-BERT / DinoSR):
 
-waveform → conv feature encoder (gradient scaled by ``feature_grad_mult``) → LayerNorm over
-channels → ``post_extract_proj`` (C → D) → input dropout → span masking (masked frames replaced
-by a learned ``mask_emb``) and channel masking → Transformer context network.
+waveform → frontend → LayerNorm over channels → ``post_extract_proj`` (C → D) → input dropout →
+span masking (masked frames replaced by a learned ``mask_emb``) and channel masking → context network.
+
+Frontend (``frontend``): ``conv``, wav2vec 2.0's waveform CNN (gradient scaled by
+``feature_grad_mult``), or ``fbank``, w2v-BERT 2.0's normalised Kaldi fbank stacked ×2 (no
+parameters). Context network (``encoder.layer_type``): ``transformer`` (positional conv +
+Transformer) or ``conformer`` (relative-position conformer blocks).
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from sslseq.nn.conformer import ConformerEncoder
+from sslseq.nn.fbank import FbankFrontend
 from sslseq.nn.frontend import BASE_CONV_LAYERS, ConvFeatureExtractor
 from sslseq.nn.masking import compute_channel_mask, compute_mask_indices
 from sslseq.nn.transformer import TransformerEncoder, TransformerEncoderConfig
+from sslseq.utils import SslseqError
 
 __all__ = ["SpeechEncoderConfig", "SpeechEncoder", "EncoderOutput", "GradMultiply"]
 
@@ -24,6 +31,9 @@ __all__ = ["SpeechEncoderConfig", "SpeechEncoder", "EncoderOutput", "GradMultipl
 class SpeechEncoderConfig:
     """Defaults are HuBERT Base's pretraining settings (fairseq hubert_base_librispeech)."""
 
+    frontend: str = "conv"  # "conv": waveform CNN (conv_layers...); "fbank": stacked fbank (w2v-BERT)
+    num_mel_bins: int = 80  # fbank frontend only
+    stack_frames: int = 2  # fbank frontend only: consecutive 10 ms frames per output frame
     conv_layers: list[tuple[int, int, int]] = field(default_factory=lambda: list(BASE_CONV_LAYERS))
     extractor_mode: str = "group_norm"  # "layer_norm" for Large models
     conv_bias: bool = False
@@ -68,14 +78,24 @@ class SpeechEncoder(nn.Module):
     def __init__(self, cfg: SpeechEncoderConfig):
         super().__init__()
         self.cfg = cfg
-        self.feature_extractor = ConvFeatureExtractor(cfg.conv_layers, cfg.extractor_mode, cfg.conv_bias)
+        if cfg.frontend == "conv":
+            self.feature_extractor = ConvFeatureExtractor(cfg.conv_layers, cfg.extractor_mode, cfg.conv_bias)
+        elif cfg.frontend == "fbank":
+            self.feature_extractor = FbankFrontend(cfg.num_mel_bins, cfg.stack_frames, cfg.sample_rate)
+        else:
+            raise SslseqError(f"encoder.frontend must be 'conv' or 'fbank', got '{cfg.frontend}'")
         C, D = self.feature_extractor.out_dim, cfg.encoder.embed_dim
         self.layer_norm = nn.LayerNorm(C)
         self.post_extract_proj = nn.Linear(C, D)
         self.dropout_input = nn.Dropout(cfg.dropout_input)
         self.dropout_features = nn.Dropout(cfg.dropout_features)
         self.mask_emb = nn.Parameter(torch.empty(D).uniform_())
-        self.encoder = TransformerEncoder(cfg.encoder)
+        if cfg.encoder.layer_type == "transformer":
+            self.encoder = TransformerEncoder(cfg.encoder)
+        elif cfg.encoder.layer_type == "conformer":
+            self.encoder = ConformerEncoder(cfg.encoder)
+        else:
+            raise SslseqError(f"encoder.encoder.layer_type must be 'transformer' or 'conformer', got '{cfg.encoder.layer_type}'")
         self.frame_rate = cfg.sample_rate / self.feature_extractor.total_stride
         self.embed_dim = D
 
@@ -97,7 +117,9 @@ class SpeechEncoder(nn.Module):
         B, S = wav.shape
         if wav_lens is not None:
             wav_lens = wav_lens.to(device=wav.device, dtype=torch.long).clamp(max=S)
-        if cfg.feature_grad_mult > 0:
+        if cfg.frontend == "fbank":
+            feats = self.feature_extractor(wav, wav_lens)  # fixed features: no gradient to scale
+        elif cfg.feature_grad_mult > 0:
             feats = self.feature_extractor(wav, wav_lens)
             if cfg.feature_grad_mult != 1.0:
                 feats = GradMultiply.apply(feats, cfg.feature_grad_mult)
@@ -112,9 +134,12 @@ class SpeechEncoder(nn.Module):
         padding_mask = torch.arange(T, device=wav.device)[None, :] >= frame_lens[:, None]
 
         # HuBERT/wav2vec 2.0 feature penalty: keeps conv activations small (over valid frames).
-        valid = (~padding_mask).to(torch.float32)
-        sq = feats.float().pow(2).mean(dim=1)  # (B, T)
-        features_pen = (sq * valid).sum() / valid.sum().clamp(min=1.0)
+        if cfg.frontend == "conv":
+            valid = (~padding_mask).to(torch.float32)
+            sq = feats.float().pow(2).mean(dim=1)  # (B, T)
+            features_pen = (sq * valid).sum() / valid.sum().clamp(min=1.0)
+        else:  # fixed fbank features: nothing to keep small
+            features_pen = feats.new_zeros((), dtype=torch.float32)
 
         x = self.layer_norm(feats.transpose(1, 2))
         features = self.dropout_features(x) if return_features else None

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-__all__ = ["TransformerEncoderConfig", "PositionalConv", "MultiheadSelfAttention", "TransformerEncoderLayer", "TransformerEncoder"]
+from sslseq.utils import SslseqError
+
+__all__ = ["TransformerEncoderConfig", "activation_fn", "PositionalConv", "MultiheadSelfAttention", "TransformerEncoderLayer", "TransformerEncoder"]
 
 
 @dataclass
@@ -31,6 +33,20 @@ class TransformerEncoderConfig:
     layer_norm_first: bool = False
     conv_pos: int = 128
     conv_pos_groups: int = 16
+    layer_type: str = "transformer"  # "conformer": w2v-BERT blocks (sslseq/nn/conformer.py)
+    activation: str = "gelu"  # FFN (and conformer conv) activation: gelu | swish | relu
+    depthwise_kernel: int = 31  # conformer only: depthwise conv kernel
+    max_rel_pos_left: int = 64  # conformer only: relative_key distances clipped to [-left, right]
+    max_rel_pos_right: int = 8
+
+
+_ACTIVATIONS = {"gelu": F.gelu, "swish": F.silu, "silu": F.silu, "relu": F.relu}
+
+
+def activation_fn(name: str):
+    if name not in _ACTIVATIONS:
+        raise SslseqError(f"encoder.encoder.activation: unknown activation '{name}'; one of: {', '.join(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
 
 
 def init_bert_linear(module: nn.Module) -> None:
@@ -110,9 +126,10 @@ class TransformerEncoderLayer(nn.Module):
         self.dropout1 = nn.Dropout(cfg.dropout)  # after attention
         self.dropout2 = nn.Dropout(cfg.activation_dropout)  # inside the FFN
         self.dropout3 = nn.Dropout(cfg.dropout)  # after the FFN
+        self.act = activation_fn(cfg.activation)
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout3(self.fc2(self.dropout2(F.gelu(self.fc1(x)))))
+        return self.dropout3(self.fc2(self.dropout2(self.act(self.fc1(x)))))
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.layer_norm_first:
