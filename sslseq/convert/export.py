@@ -99,6 +99,11 @@ def export_hf(exp_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite:
     enc = getattr(model, "encoder", None)
     if not isinstance(enc, SpeechEncoder):
         raise SslseqError(f"{exp_dir}: a {type(model).__name__} has no SpeechEncoder to export")
+    if enc.cfg.frontend != "conv" or enc.cfg.encoder.layer_type != "transformer":
+        raise SslseqError(
+            f"{exp_dir}: export to transformers supports conv-frontend Transformer encoders (HuBERT layout); "
+            f"this encoder has a {enc.cfg.frontend} frontend and {enc.cfg.encoder.layer_type} layers"
+        )
     cfg = hf_config_from_encoder(enc)
     # transformers creates masked_spec_embed only when some masking is configured.
     keep_mask_emb = cfg["mask_time_prob"] > 0 or cfg["mask_feature_prob"] > 0

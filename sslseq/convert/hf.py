@@ -1,8 +1,9 @@
 """Import a transformers ``HubertModel`` / ``Wav2Vec2Model`` encoder into our ``SpeechEncoder``,
-or a whole ``Wav2Vec2ForPreTraining`` (encoder + quantizer + projections) into our ``Wav2Vec2``.
+or a whole ``Wav2Vec2ForPreTraining`` (encoder + quantizer + projections) into our ``Wav2Vec2``,
+or a ``Wav2Vec2BertModel`` / ``Wav2Vec2BertForCTC`` (w2v-BERT 2.0: fbank frontend + conformer).
 
 The encoder layout (conv frontend, feature projection, mask embedding, Transformer) is shared
-by HuBERT and wav2vec 2.0, so one key map serves both.
+by HuBERT and wav2vec 2.0, so one key map serves both; w2v-BERT has its own table.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.nn.transformer import TransformerEncoderConfig
 from sslseq.utils import SslseqError
 
-__all__ = ["encoder_config_from_hf", "convert_hf_state_dict", "speech_encoder_from_hf", "wav2vec2_from_hf"]
+__all__ = ["encoder_config_from_hf", "w2vbert_encoder_config_from_hf", "convert_hf_state_dict", "speech_encoder_from_hf", "wav2vec2_from_hf"]
 
 # (transformers name, our name) of every SpeechEncoder parameter: prefixes ending in "." or
 # exact names; "{i}" stands for a layer index. The one table both directions are built from.
@@ -33,6 +34,28 @@ HF_NAME_PAIRS: list[tuple[str, str]] = [
     ("encoder.layers.{i}.layer_norm.", "encoder.layers.{i}.self_attn_layer_norm."),
     ("encoder.layers.{i}.feed_forward.intermediate_dense.", "encoder.layers.{i}.fc1."),
     ("encoder.layers.{i}.feed_forward.output_dense.", "encoder.layers.{i}.fc2."),
+    ("encoder.layers.{i}.final_layer_norm.", "encoder.layers.{i}.final_layer_norm."),
+]
+
+
+# The same for w2v-BERT 2.0 (transformers Wav2Vec2Bert*): the fbank frontend has no weights.
+HF_W2VBERT_NAME_PAIRS: list[tuple[str, str]] = [
+    ("feature_projection.layer_norm.", "layer_norm."),
+    ("feature_projection.projection.", "post_extract_proj."),
+    ("masked_spec_embed", "mask_emb"),
+    ("encoder.layers.{i}.ffn1_layer_norm.", "encoder.layers.{i}.ffn1_layer_norm."),
+    ("encoder.layers.{i}.ffn1.intermediate_dense.", "encoder.layers.{i}.ffn1.fc1."),
+    ("encoder.layers.{i}.ffn1.output_dense.", "encoder.layers.{i}.ffn1.fc2."),
+    ("encoder.layers.{i}.self_attn_layer_norm.", "encoder.layers.{i}.self_attn_layer_norm."),
+    ("encoder.layers.{i}.self_attn.linear_q.", "encoder.layers.{i}.self_attn.q_proj."),
+    ("encoder.layers.{i}.self_attn.linear_k.", "encoder.layers.{i}.self_attn.k_proj."),
+    ("encoder.layers.{i}.self_attn.linear_v.", "encoder.layers.{i}.self_attn.v_proj."),
+    ("encoder.layers.{i}.self_attn.linear_out.", "encoder.layers.{i}.self_attn.out_proj."),
+    ("encoder.layers.{i}.self_attn.distance_embedding.", "encoder.layers.{i}.self_attn.distance_embedding."),
+    ("encoder.layers.{i}.conv_module.", "encoder.layers.{i}.conv_module."),
+    ("encoder.layers.{i}.ffn2_layer_norm.", "encoder.layers.{i}.ffn2_layer_norm."),
+    ("encoder.layers.{i}.ffn2.intermediate_dense.", "encoder.layers.{i}.ffn2.fc1."),
+    ("encoder.layers.{i}.ffn2.output_dense.", "encoder.layers.{i}.ffn2.fc2."),
     ("encoder.layers.{i}.final_layer_norm.", "encoder.layers.{i}.final_layer_norm."),
 ]
 
@@ -54,6 +77,11 @@ _KEY_MAP: list[tuple[str, str]] = [
     (r"^encoder\.pos_conv_embed\.conv\.weight_v$", "encoder.pos_conv.conv.parametrizations.weight.original1"),
     *name_map(HF_NAME_PAIRS),
 ]
+_W2VBERT_KEY_MAP: list[tuple[str, str]] = name_map(HF_W2VBERT_NAME_PAIRS)
+
+
+def _expected_prefixes(pairs: list[tuple[str, str]]) -> str:
+    return ", ".join(dict.fromkeys(src.replace("{i}", "N") for src, _ in pairs))
 
 
 def encoder_config_from_hf(hf_cfg: Any) -> SpeechEncoderConfig:
@@ -99,12 +127,61 @@ def encoder_config_from_hf(hf_cfg: Any) -> SpeechEncoderConfig:
     )
 
 
-def convert_hf_state_dict(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a transformers base-model state dict to SpeechEncoder keys (unknown keys are errors)."""
+def w2vbert_encoder_config_from_hf(hf_cfg: Any) -> SpeechEncoderConfig:
+    """Our encoder config equivalent to a transformers Wav2Vec2BertConfig (fbank frontend + conformer)."""
+    unsupported = []
+    if getattr(hf_cfg, "add_adapter", False):
+        unsupported.append("add_adapter=True")
+    if getattr(hf_cfg, "use_intermediate_ffn_before_adapter", False):
+        unsupported.append("use_intermediate_ffn_before_adapter=True")
+    if hf_cfg.position_embeddings_type != "relative_key":
+        unsupported.append(f"position_embeddings_type={hf_cfg.position_embeddings_type!r} (only 'relative_key')")
+    if hf_cfg.hidden_act not in ("swish", "silu", "gelu", "relu"):
+        unsupported.append(f"hidden_act={hf_cfg.hidden_act!r}")
+    if abs(getattr(hf_cfg, "layer_norm_eps", 1e-5) - 1e-5) > 1e-12:
+        unsupported.append(f"layer_norm_eps={hf_cfg.layer_norm_eps}")
+    if hf_cfg.feature_projection_input_dim % 2:
+        unsupported.append(f"feature_projection_input_dim={hf_cfg.feature_projection_input_dim} (not fbank stacked x2)")
+    if unsupported:
+        raise SslseqError(f"cannot convert this transformers w2v-BERT model: unsupported settings {', '.join(unsupported)}")
+    return SpeechEncoderConfig(
+        frontend="fbank",
+        num_mel_bins=int(hf_cfg.feature_projection_input_dim) // 2,
+        stack_frames=2,  # SeamlessM4TFeatureExtractor's stride
+        feature_grad_mult=1.0,
+        dropout_input=float(hf_cfg.feat_proj_dropout),
+        dropout_features=0.0,
+        mask_prob=float(hf_cfg.mask_time_prob),
+        mask_length=int(hf_cfg.mask_time_length),
+        mask_min_masks=int(hf_cfg.mask_time_min_masks),
+        mask_channel_prob=float(hf_cfg.mask_feature_prob),
+        mask_channel_length=int(hf_cfg.mask_feature_length),
+        encoder=TransformerEncoderConfig(
+            embed_dim=hf_cfg.hidden_size,
+            ffn_dim=hf_cfg.intermediate_size,
+            num_layers=hf_cfg.num_hidden_layers,
+            num_heads=hf_cfg.num_attention_heads,
+            dropout=float(hf_cfg.hidden_dropout),
+            attention_dropout=float(hf_cfg.attention_dropout),
+            activation_dropout=float(hf_cfg.activation_dropout),
+            layerdrop=float(hf_cfg.layerdrop),
+            layer_type="conformer",
+            activation="swish" if hf_cfg.hidden_act == "silu" else hf_cfg.hidden_act,
+            depthwise_kernel=int(hf_cfg.conv_depthwise_kernel_size),
+            max_rel_pos_left=int(hf_cfg.left_max_position_embeddings),
+            max_rel_pos_right=int(hf_cfg.right_max_position_embeddings),
+        ),
+    )
+
+
+def convert_hf_state_dict(hf_state: dict[str, torch.Tensor], w2vbert: bool = False) -> dict[str, torch.Tensor]:
+    """Rename a transformers base-model state dict to SpeechEncoder keys (unknown keys are errors);
+    ``w2vbert``: the state is a Wav2Vec2Bert* model's."""
+    key_map = _W2VBERT_KEY_MAP if w2vbert else _KEY_MAP
     out, unknown = {}, []
     for key, value in hf_state.items():
-        key = re.sub(r"^(hubert|wav2vec2)\.", "", key)  # tolerate task-model prefixes
-        for pattern, repl in _KEY_MAP:
+        key = re.sub(r"^(hubert|wav2vec2|wav2vec2_bert)\.", "", key)  # tolerate task-model prefixes
+        for pattern, repl in key_map:
             new, n = re.subn(pattern, repl, key)
             if n:
                 out[new] = value
@@ -112,17 +189,23 @@ def convert_hf_state_dict(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.
         else:
             unknown.append(key)
     if unknown:
-        raise SslseqError(f"transformers parameters with no SpeechEncoder counterpart: {', '.join(unknown[:8])}")
+        pairs = HF_W2VBERT_NAME_PAIRS if w2vbert else HF_NAME_PAIRS
+        raise SslseqError(
+            f"transformers parameters with no SpeechEncoder counterpart: {', '.join(unknown[:8])}; "
+            f"expected keys starting with: {_expected_prefixes(pairs)}"
+        )
     return out
 
 
 def speech_encoder_from_hf(hf_model: torch.nn.Module) -> SpeechEncoder:
-    """A SpeechEncoder with the weights of a transformers ``HubertModel`` / ``Wav2Vec2Model``."""
+    """A SpeechEncoder with the weights of a transformers ``HubertModel`` / ``Wav2Vec2Model`` /
+    ``Wav2Vec2BertModel``."""
     from sslseq.models import load_weights
 
-    cfg = encoder_config_from_hf(hf_model.config)
+    w2vbert = type(hf_model).__name__.startswith("Wav2Vec2Bert")
+    cfg = w2vbert_encoder_config_from_hf(hf_model.config) if w2vbert else encoder_config_from_hf(hf_model.config)
     enc = SpeechEncoder(cfg)
-    state = convert_hf_state_dict(hf_model.state_dict())
+    state = convert_hf_state_dict(hf_model.state_dict(), w2vbert=w2vbert)
     if "mask_emb" not in state:  # transformers omits it when masking is disabled in its config
         state["mask_emb"] = enc.mask_emb.detach().clone()
     load_weights(enc, state, where=f"transformers {type(hf_model).__name__}")
@@ -132,7 +215,8 @@ def speech_encoder_from_hf(hf_model: torch.nn.Module) -> SpeechEncoder:
 # ------------------------------------------------------------------ saved transformers dirs → sslseq models
 # (used by ``sslseq convert --from hf``; the functions above convert in-memory modules)
 
-HF_ARCHITECTURES = ("HubertModel", "HubertForCTC", "Wav2Vec2Model", "Wav2Vec2ForCTC", "Wav2Vec2ForPreTraining")
+HF_ARCHITECTURES = ("HubertModel", "HubertForCTC", "Wav2Vec2Model", "Wav2Vec2ForCTC", "Wav2Vec2ForPreTraining",
+                    "Wav2Vec2BertModel", "Wav2Vec2BertForCTC")
 # Wav2Vec2ForPreTraining's contrastive head (quantizer, projections) → our wav2vec2 model.
 _HF_PRETRAINING_PREFIXES = ("quantizer.", "project_hid.", "project_q.")
 # transformers' defaults for the fields we read, for config.json files written without them.
@@ -144,6 +228,18 @@ _HF_DEFAULTS: dict[str, Any] = {
     "num_attention_heads": 12, "hidden_dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.1,
     "layerdrop": 0.1, "do_stable_layer_norm": False, "num_conv_pos_embeddings": 128,
     "num_conv_pos_embedding_groups": 16, "final_dropout": 0.1, "pad_token_id": 0,
+}
+
+
+# transformers' Wav2Vec2BertConfig defaults for the fields we read.
+_HF_W2VBERT_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
+    "feature_projection_input_dim": 160, "hidden_act": "swish", "hidden_dropout": 0.0, "activation_dropout": 0.0,
+    "attention_dropout": 0.0, "feat_proj_dropout": 0.0, "final_dropout": 0.1, "layerdrop": 0.1,
+    "layer_norm_eps": 1e-5, "mask_time_prob": 0.05, "mask_time_length": 10, "mask_time_min_masks": 2,
+    "mask_feature_prob": 0.0, "mask_feature_length": 10, "pad_token_id": 0, "add_adapter": False,
+    "use_intermediate_ffn_before_adapter": False, "position_embeddings_type": "relative_key",
+    "left_max_position_embeddings": 64, "right_max_position_embeddings": 8, "conv_depthwise_kernel_size": 31,
 }
 
 
@@ -208,8 +304,10 @@ def convert_hf_dir(path: str | Path) -> tuple[torch.nn.Module, list[str] | None,
         )
     if cfg.get("add_adapter"):
         raise SslseqError(f"{path}: models with an adapter (add_adapter=true) are not supported")
-    hf_cfg = SimpleNamespace(**{**_HF_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}})
-    enc_cfg = encoder_config_from_hf(hf_cfg)
+    w2vbert = arch.startswith("Wav2Vec2Bert")
+    defaults = _HF_W2VBERT_DEFAULTS if w2vbert else _HF_DEFAULTS
+    hf_cfg = SimpleNamespace(**{**defaults, **{k: v for k, v in cfg.items() if v is not None}})
+    enc_cfg = w2vbert_encoder_config_from_hf(hf_cfg) if w2vbert else encoder_config_from_hf(hf_cfg)
 
     enc_in, lm_head, dropped = {}, {}, []
     for key, value in state.items():
@@ -219,7 +317,7 @@ def convert_hf_dir(path: str | Path) -> tuple[torch.nn.Module, list[str] | None,
             dropped.append(key)
         else:
             enc_in[key] = value
-    enc_state = convert_hf_state_dict(enc_in)
+    enc_state = convert_hf_state_dict(enc_in, w2vbert=w2vbert)
 
     head, units = None, None
     head_map = globals().get("_W2V2_HEAD_MAP", {})  # transformers → our wav2vec2 names

@@ -27,6 +27,7 @@ class ModelOutput(NamedTuple):
 from sslseq.models.ctc import CTCConfig, CTCModel  # noqa: E402
 from sslseq.models.hubert import HubertConfig, HuBERT  # noqa: E402
 from sslseq.models.wav2vec2 import Wav2Vec2, Wav2Vec2Config  # noqa: E402
+from sslseq.models.w2vbert import W2VBert, W2VBertConfig  # noqa: E402
 from sslseq.models.encoder_only import EncoderOnly, EncoderOnlyConfig  # noqa: E402
 from sslseq.models.dinosr import DinoSR, DinoSRConfig  # noqa: E402
 
@@ -34,6 +35,7 @@ MODELS: dict[str, tuple[type, type]] = {
     "hubert": (HubertConfig, HuBERT),
     "ctc": (CTCConfig, CTCModel),
     "wav2vec2": (Wav2Vec2Config, Wav2Vec2),
+    "w2vbert": (W2VBertConfig, W2VBert),
     "encoder": (EncoderOnlyConfig, EncoderOnly),
     "dinosr": (DinoSRConfig, DinoSR),
 }
@@ -41,7 +43,7 @@ MODELS: dict[str, tuple[type, type]] = {
 __all__ = [
     "ModelOutput", "MODELS", "build_model", "load", "model_config_dict", "model_state_dict",
     "save_weights", "load_weights", "HubertConfig", "HuBERT", "CTCConfig", "CTCModel",
-    "Wav2Vec2Config", "Wav2Vec2", "needs_labels",
+    "Wav2Vec2Config", "Wav2Vec2", "W2VBertConfig", "W2VBert", "needs_labels",
     "DinoSRConfig", "DinoSR",
 ]
 
