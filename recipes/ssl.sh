@@ -17,7 +17,7 @@ stage=0                # first stage to run
 stop_stage=7           # last stage to run
 workdir=.              # where corpus/ data/ dump/ exp/ are written
 nj=2                   # parallel jobs for data-parallel stages
-cmd=local              # job runner for --nj stages (local)
+cmd=local              # job runner for --nj stages: local | slurm (job options: conf/slurm.conf)
 device=auto            # cpu | cuda | auto
 tiny=false             # a tiny corpus and a few steps (tests: whole recipe in minutes)
 seed=0                 # random seed for the corpus, subsets, k-means and training
@@ -59,7 +59,9 @@ default_ctc=$root_dir/recipes/conf/ctc_${model}_tiny.yaml
 ctc_config=${ctc_config:-$default_ctc}
 [ -f "$pretrain_config" ] || die "no pretraining config $pretrain_config (--model $model, --pretrain-config)"
 [ -f "$ctc_config" ] || die "no CTC config $ctc_config (--ctc-config)"
-[ "$cmd" = local ] || die "--cmd $cmd: only 'local' is supported so far"
+case "$cmd" in local|slurm) ;; *) die "--cmd $cmd: use local or slurm" ;; esac
+# --cmd slurm: tools/run_jobs.sh takes its job options from the corpus's conf/slurm.conf if it has one.
+if [ -f "$corpus_dir/conf/slurm.conf" ]; then export SSLSEQ_SLURM_JOB_CONF=${SSLSEQ_SLURM_JOB_CONF:-$corpus_dir/conf/slurm.conf}; fi
 iter_config=${iter_config:-$root_dir/recipes/conf/hubert_iterations.yaml}
 [[ "$iterations" =~ ^[1-9][0-9]*$ ]] || die "--iterations $iterations: a positive integer is needed"
 if [ "$iterations" -gt 1 ]; then
