@@ -232,9 +232,9 @@ def test_contrastive_edge_rows(path):
     # left, so their loss is 0, they count as correct (argmin is a -inf negative), and the only
     # gradient is 0. Row 0 with K=0 columns left is not correct (all logits tie).
     for rows, n_correct in (([0], 1), ([1, 2, 3], 3)):
-        sub = neg[rows].clone()
-        sub[sub >= 0] = torch.tensor(rows).repeat_interleave(neg.size(1))[(sub >= 0).reshape(-1)]
-        out = _run_contrastive(path, context[rows], targets[rows], (sub - rows[0]).clamp(min=-1), codes[rows])
+        sub = neg[rows]
+        assert ((sub == -1) if rows == [0] else (sub >= 1) & (sub <= 3)).all()  # rows 1-3: utterance 1
+        out = _run_contrastive(path, context[rows], targets[rows], torch.where(sub >= 0, sub - rows[0], sub), codes[rows])
         assert float(out[0]) == 0.0 and int(out[1]) == n_correct
         assert float(out[2].abs().max()) == 0.0 and float(out[3].abs().max()) == 0.0
     empty = _run_contrastive(path, context[:5], targets[:5], neg[:5, :0], codes[:5])
