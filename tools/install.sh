@@ -20,6 +20,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# --test as root: a single-node Slurm for tests/test_slurm.py (it skips its real-Slurm tests without one).
+if [ -n "$extra" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+    && ! { command -v slurmctld && command -v slurmd && command -v sbatch && command -v munged; } >/dev/null; then
+  echo "installing Debian packages: slurmctld slurmd slurm-client munge"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      slurmctld slurmd slurm-client munge >/dev/null; } \
+    || echo "warning: could not install Slurm; tests/test_slurm.py will skip its real-Slurm tests" >&2
+fi
+
 python3 -m pip --version >/dev/null || { echo "python3 with pip is required" >&2; exit 1; }
 # torch first, pinned to the local CPU build: any range asking pip for a newer torch would pull GBs of CUDA.
 python3 -c "import torch" 2>/dev/null || python3 -m pip install -q --root-user-action=ignore torch==2.13.0
