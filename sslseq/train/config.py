@@ -61,6 +61,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 | fp16
+    # DDP: parameters a step may leave without gradient (CTC's frozen encoder, an unused mask
+    # embedding) need find_unused_parameters; None: true for CTC, false otherwise (it costs a
+    # graph traversal per step).
+    find_unused_parameters: bool | None = None
     log_interval: int = 10  # steps
     valid_interval: int = 500  # steps (0: only at the end)
     save_interval: int = 500  # steps; a checkpoint is also written at the last step

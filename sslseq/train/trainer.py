@@ -142,12 +142,13 @@ class Trainer:
         cpu = _resolve_device(cfg.device)
         if cfg.precision == "fp16" and cpu:
             raise SslseqError("precision=fp16 needs a CUDA GPU; use precision=bf16 or fp32 on CPU")
+        unused = cfg.task == "ctc" if cfg.find_unused_parameters is None else cfg.find_unused_parameters
         self.accelerator = Accelerator(
             cpu=cpu,
             mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision],
             gradient_accumulation_steps=cfg.optim.update_freq,
             # CTC freezes the encoder for the first steps: its parameters then get no grads.
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.task == "ctc")],
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
         )
         self.device = self.accelerator.device
         self.is_main = self.accelerator.is_main_process
@@ -259,7 +260,7 @@ class Trainer:
         self.unwrapped = self.accelerator.unwrap_model(self.model)
 
     # ------------------------------------------------------------ state
-    def _state(self) -> dict[str, Any]:
+    def _state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         scaler = getattr(self.accelerator, "scaler", None)
         return {
             "step": self.step,
@@ -268,7 +269,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {"step": self.step},  # the schedule is a function of the step
             "scaler": scaler.state_dict() if scaler is not None else {},
-            "rng": ckpt.get_rng_state(),
+            "rng": rng,  # one state per process, in process order
             "config_digest": self.digest,
             "config": yaml.safe_dump(semantic_dict(self.cfg), sort_keys=False),
             "stats": dict(self.stats),
@@ -298,13 +299,36 @@ class Trainer:
         self.step, self.epoch, self.batch_index = int(state["step"]), int(state["epoch"]), int(state["batch_index"])
         self.stats.update(state["stats"])
         self.acc.update(state["acc"])
-        ckpt.set_rng_state(state["rng"])
+        self._restore_rng(state["rng"])
         log.info("resumed from %s (step %d, epoch %d, batch %d)", latest, self.step, self.epoch, self.batch_index)
 
+    def _restore_rng(self, saved: list[dict[str, Any]] | dict[str, Any]) -> None:
+        """Each process takes back its own RNG state (older checkpoints hold one dict)."""
+        acc = self.accelerator
+        states = saved if isinstance(saved, list) else [saved]
+        if len(states) == acc.num_processes:
+            ckpt.set_rng_state(states[acc.process_index])
+            return
+        # Another world size: exact continuation is impossible; distinct streams per process.
+        log.warning("checkpoint written by %d process(es), resumed by %d: random streams are reseeded",
+                    len(states), acc.num_processes)
+        ckpt.set_rng_state(states[0])
+        self._seed_per_process(self.cfg.seed + self.step)
+
+    def _seed_per_process(self, seed: int) -> None:
+        """Distinct random streams (masks, negatives, dropout) for each data-parallel process."""
+        from accelerate.utils import set_seed
+
+        if self.accelerator.num_processes > 1:
+            set_seed(seed, device_specific=True)
+
     def _save_checkpoint(self) -> None:
+        from accelerate.utils import gather_object
+
         self.stats["wall_time_s"] = self._wall_time()
+        rng = gather_object([ckpt.get_rng_state()]) if self.accelerator.num_processes > 1 else [ckpt.get_rng_state()]
         if self.is_main:
-            path = ckpt.save_checkpoint(self.ckpt_dir, self.step, self.unwrapped, self._state(), self.cfg.keep_last)
+            path = ckpt.save_checkpoint(self.ckpt_dir, self.step, self.unwrapped, self._state(rng), self.cfg.keep_last)
             log.info("saved checkpoint %s", path)
         self.accelerator.wait_for_everyone()
 
@@ -367,8 +391,15 @@ class Trainer:
                 logs[k] = logs.get(k, 0.0) + float(v) * max(ss, 1)
             audio += int(mb["wav_lens"].sum())
             frames_padded += mb["wav"].numel()
-        totals = acc.reduce(torch.tensor([float(sample_size)], dtype=torch.float64, device=self.device), "sum")
-        total_ss = float(totals.item())
+        # Sums over all processes: the step's loss, units and audio (model logs stay this
+        # process's: their keys may differ between processes, e.g. a batch with nothing masked).
+        totals = acc.reduce(
+            torch.stack([loss_sum, torch.tensor(float(sample_size), dtype=torch.float64, device=self.device),
+                         torch.tensor(float(audio), dtype=torch.float64, device=self.device),
+                         torch.tensor(float(frames_padded), dtype=torch.float64, device=self.device)]),
+            "sum",
+        )
+        loss_sum, total_ss, audio, frames_padded = totals[0], float(totals[1]), float(totals[2]), float(totals[3])
         # accelerator.backward divided each loss by gradient_accumulation_steps and DDP
         # averaged over processes: rescale to sum(loss) / total sample_size of the step.
         if total_ss > 0:
@@ -386,9 +417,9 @@ class Trainer:
         self.step += 1
         n = max(sample_size, 1)
         return {
-            "loss": float(loss_sum) / n,
+            "loss": float(loss_sum) / max(total_ss, 1.0),
             "loss_sum": float(loss_sum),
-            "sample_size": float(sample_size),
+            "sample_size": total_ss,
             "lr": lr,
             "grad_norm": grad_norm,
             "audio_samples": float(audio),
@@ -554,6 +585,7 @@ class Trainer:
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info("model: %s, %.2fM parameters", self.model_cfg.get("name", type(self.model).__name__), n_params / 1e6)
         self._setup_optimizer()
+        self._seed_per_process(cfg.seed)  # after the model's init, which must be the same everywhere
         self.step = self.epoch = self.batch_index = 0
         self.stats: dict[str, Any] = {"best_valid_loss": None, "wall_time_s": 0.0, "audio_seconds": 0.0}
         self.acc: dict[str, float] = {}

@@ -1,0 +1,77 @@
+"""Data-parallel training through torchrun (gloo on CPU, loopback): one update with 2 processes
+equals one update of 1 process accumulating the same 2 micro-batches (``optim.update_freq=2``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from test_models import small_encoder
+from test_train import _tone_corpus
+
+ENV = {**os.environ, "SSLSEQ_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _config(tmp: Path, train: Path, km: Path) -> Path:
+    """HuBERT on every frame with no randomness in the step (no masking, no dropout), so the
+    two runs differ only in how the batch is split over processes."""
+    model = {"name": "hubert", "final_dim": 16, "pred_masked_weight": 0.0, "pred_nomask_weight": 1.0,
+             "encoder": small_encoder(mask_prob=0.0)}
+    cfg = {
+        "task": "pretrain",
+        "model": model,
+        "data": {"train": str(train), "labels_train": str(km), "max_batch_seconds": 4.0, "max_sample_seconds": 2.0},
+        "optim": {"lr": 1e-3, "warmup_steps": 0, "max_steps": 3, "clip_norm": 0.0},
+        "log_interval": 1,
+        "save_interval": 3,
+        "device": "cpu",
+        "find_unused_parameters": True,  # no masking: the mask embedding gets no gradient
+    }
+    path = tmp / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _losses(out: Path) -> list[float]:
+    rec = [json.loads(line) for line in (out / "log" / "train.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rec if "loss" in r]
+
+
+def _run(cmd: list[str]) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stderr[-5000:]}"
+
+
+def test_two_processes_equal_one_with_twice_the_accumulation(tmp_path):
+    train, km = _tone_corpus(tmp_path / "train", 16, seed=0)
+    cfg = _config(tmp_path, train, km)
+    one, two = tmp_path / "ws1", tmp_path / "ws2"
+    _run([sys.executable, "-m", "sslseq.cli", "train", str(cfg), f"out_dir={one}", "optim.update_freq=2"])
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+          "--master-port", str(_free_port()), "-m", "sslseq.cli", "train", str(cfg), f"out_dir={two}",
+          "optim.update_freq=1"])
+    l1, l2 = _losses(one), _losses(two)
+    assert len(l1) == len(l2) == 3
+    assert l1 == pytest.approx(l2, rel=1e-5)
+    a, b = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+    # the weights moved: the comparison is not between two untouched initialisations
+    init = torch.load(next((one / "checkpoints").glob("step_*")) / "trainer_state.pt", weights_only=True)
+    assert init["step"] == 3
