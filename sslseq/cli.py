@@ -104,7 +104,7 @@ def cmd_kmeans_fit(a: argparse.Namespace) -> None:
 def cmd_kmeans_label(a: argparse.Namespace) -> None:
     from sslseq.cluster.kmeans import label_features
 
-    label_features(Path(a.model), Path(a.feat_dir), Path(a.out), device=a.device)
+    label_features(Path(a.model), Path(a.feat_dir), Path(a.out), device=a.device, nj=a.nj, rank=a.rank)
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # kmeans
     km = verbs.add_parser("kmeans", help="offline k-means targets").add_subparsers(dest="sub", metavar="SUB", required=True)
-    s = verb(km, "fit", cmd_kmeans_fit, "fit k-means (k-means++ init) on a sample of frames")
+    s = verb(km, "fit", cmd_kmeans_fit, "fit k-means (k-means++ init) on a sample of frames; under torchrun, "
+             "each process reads its block of the sample and the cluster statistics are all-reduced")
     s.add_argument("--k", type=int, default=100)
     s.add_argument("--sample-frac", type=float, default=1.0, help="fraction of utterances to sample frames from")
     s.add_argument("--max-frames", type=int, default=2_000_000, help="cap on sampled frames")
@@ -248,8 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("feat_dir")
     s.add_argument("model")
-    s = verb(km, "label", cmd_kmeans_label, "label every utterance with the nearest centroid")
+    s = verb(km, "label", cmd_kmeans_label, "label every utterance with the nearest centroid (--nj jobs: "
+             "--rank R labels block R into OUT.km.parts/; without --rank, missing parts are labelled and joined)")
     s.add_argument("--device", default="auto")
+    s.add_argument("--nj", type=int, default=1, help="number of labelling jobs (blocks of utterances)")
+    s.add_argument("--rank", type=int, default=None, help="label only this block (default: all, then join into OUT.km)")
     s.add_argument("model")
     s.add_argument("feat_dir")
     s.add_argument("out", help="OUT.km; dict.km.txt and the label rate are written beside it")

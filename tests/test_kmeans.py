@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -261,3 +262,56 @@ def test_purity_pnmi_known_cases():
     assert r["pnmi"] == pytest.approx(mi / hy)
     with pytest.raises(SslseqError, match="3 cluster labels but 2"):
         cluster_purity_pnmi([0, 1, 2], [0, 1])
+
+
+def test_sharded_labels_equal_unsharded(tmp_path):
+    # 3 feature shards; jobs = the feature shards (3), re-splits (1, 2, 5) and more jobs than utterances (12)
+    lengths = [[30, 45, 0, 12], [50], [7, 33, 21, 9, 14]]
+    feat_dir = make_feat_dir(tmp_path / "feats", lengths)
+    model = tmp_path / "km.safetensors"
+    fit_kmeans_on_features(feat_dir, model, k=5, seed=0, device="cpu")
+    ref = tmp_path / "ref" / "train.km"
+    label_features(model, feat_dir, ref, device="cpu")  # one job, no --nj: as before
+    for nj in (1, 2, 3, 5, 12):
+        out = tmp_path / f"nj{nj}" / "train.km"
+        parts = out.parent / "train.km.parts"
+        for rank in reversed(range(nj)):  # any order
+            label_features(model, feat_dir, out, device="cpu", nj=nj, rank=rank)
+        assert sorted(p.name for p in parts.iterdir()) == sorted(f"{r}_{nj}.km" for r in range(nj))
+        assert not out.exists()  # a part job writes only its part
+        label_features(model, feat_dir, out, device="cpu", nj=nj)
+        for name in ("train.km", "train.utts", "dict.km.txt", "labels.yaml"):
+            assert (out.parent / name).read_bytes() == (ref.parent / name).read_bytes(), (nj, name)
+        assert not parts.exists()  # joined parts are removed
+    # the feature shards are the blocks when --nj equals their count: part r holds shard r's utterances
+    out = tmp_path / "blocks" / "train.km"
+    label_features(model, feat_dir, out, device="cpu", nj=3, rank=1)
+    assert (out.parent / "train.km.parts" / "1_3.km").read_text().count("\n") == 1 + len(lengths[1])
+
+
+def test_label_parts_are_reused_and_stale_parts_redone(tmp_path):
+    feat_dir = make_feat_dir(tmp_path / "feats", [[40, 25], [60, 10, 5]])
+    model = tmp_path / "km.safetensors"
+    fit_kmeans_on_features(feat_dir, model, k=4, seed=0, device="cpu")
+    ref = tmp_path / "ref" / "dev.km"
+    label_features(model, feat_dir, ref, device="cpu")
+    out = tmp_path / "lab" / "dev.km"
+    part0, part1 = (out.parent / "dev.km.parts" / f"{r}_2.km" for r in (0, 1))
+    label_features(model, feat_dir, out, device="cpu", nj=2, rank=0)
+    first = part0.stat().st_mtime_ns
+    time.sleep(0.01)
+    label_features(model, feat_dir, out, device="cpu", nj=2, rank=0)  # rerun: done, skipped
+    assert part0.stat().st_mtime_ns == first
+    # a part of another model (same k) is not joined: the join labels it again, as it does a missing one
+    other = tmp_path / "km_other.safetensors"
+    fit_kmeans_on_features(feat_dir, other, k=4, seed=7, device="cpu")
+    label_features(other, feat_dir, out, device="cpu", nj=2, rank=0)
+    assert part0.stat().st_mtime_ns != first
+    assert not part1.exists()
+    label_features(model, feat_dir, out, device="cpu", nj=2)  # part 0 stale, part 1 missing
+    assert out.read_bytes() == ref.read_bytes()
+    assert not (out.parent / "dev.km.parts").exists()  # the join removes the parts and their dir
+    with pytest.raises(SslseqError, match=r"--rank 2 is outside 0\.\.1"):
+        label_features(model, feat_dir, out, device="cpu", nj=2, rank=2)
+    with pytest.raises(SslseqError, match="--nj 0"):
+        label_features(model, feat_dir, out, device="cpu", nj=0)
