@@ -78,6 +78,9 @@ def test_fbank_frontend_batch_independent():
         alone = front(wav[i : i + 1, :k])
         T = alone.shape[2]
         assert torch.allclose(batched[i, :, :T], alone[0], atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed-precision training: the fbank stays float32
+        auto = front(wav, n)
+    assert auto.dtype == torch.float32 and torch.equal(auto, batched)
     with pytest.raises(SslseqError, match="shorter than one stacked fbank frame"):
         front(torch.zeros(1, 300))
 
@@ -141,12 +144,12 @@ def _parity(ours, hf, wav, lens) -> list[float]:
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_hf_w2vbert_tiny_parity_through_convert(tmp_path, attn):
     transformers = pytest.importorskip("transformers")
-    from sslseq.convert import convert
+    from sslseq.cli import main as cli_main
 
     hf = _hf_w2vbert(transformers)
     hf.save_pretrained(tmp_path / "hf")
     hf.set_attn_implementation(attn)  # eager: transformers' own matmul-softmax attention, not SDPA
-    convert(tmp_path / "hf", tmp_path / "exp", "hf")
+    assert cli_main(["convert", "--from", "hf", str(tmp_path / "hf"), str(tmp_path / "exp")]) == 0
     ours = load(tmp_path / "exp")
     assert type(ours).__name__ == "EncoderOnly" and ours.frame_rate == 50.0
     cfg = yaml.safe_load((tmp_path / "exp" / "config.yaml").read_text())
@@ -191,7 +194,9 @@ def test_hf_w2vbert_ctc(tmp_path):
     from sslseq.convert import convert
 
     vocab = ["<pad>", "<s>", "</s>", "<unk>", "|", "E", "T", "A"]
-    hf = _hf_w2vbert(transformers, "Wav2Vec2BertForCTC", vocab_size=len(vocab))
+    # Without masking transformers saves no masked_spec_embed: the import initialises one.
+    hf = _hf_w2vbert(transformers, "Wav2Vec2BertForCTC", vocab_size=len(vocab), mask_time_prob=0.0)
+    assert "wav2vec2_bert.masked_spec_embed" not in hf.state_dict()
     hf.save_pretrained(tmp_path / "hf")
     (tmp_path / "hf" / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
     convert(tmp_path / "hf", tmp_path / "exp", "hf")

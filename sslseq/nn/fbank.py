@@ -49,7 +49,9 @@ class FbankFrontend(nn.Module):
         B = wav.size(0)
         if lengths is None:
             lengths = torch.full((B,), wav.size(1), dtype=torch.long, device=wav.device)
-        feats, n = kaldi.fbank(wav.float(), lengths, self.opts)  # (B, T, F), zero beyond n
+        # Full precision even inside a bf16/fp16 autocast region: log energies need float32 matmuls.
+        with torch.autocast(device_type=wav.device.type, enabled=False):
+            feats, n = kaldi.fbank(wav.float(), lengths, self.opts)  # (B, T, F), zero beyond n
         feats = feats.double()  # statistics over a whole utterance: float64 keeps them batch-independent
         valid = (torch.arange(feats.size(1), device=feats.device)[None, :] < n[:, None])[..., None]
         count = n.clamp(min=1).to(feats.dtype)[:, None, None]
