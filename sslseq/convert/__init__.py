@@ -12,6 +12,7 @@ checkpoints (quantizer + projections) become our ``wav2vec2`` model.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -274,3 +275,11 @@ def export(exp_dir: str | os.PathLike, out_dir: str | os.PathLike, target: str =
     from sslseq.convert.export import export_hf
 
     return export_hf(exp_dir, out_dir, overwrite=overwrite)
+
+
+# The submodule sslseq/convert/export.py shares its name with export() above, and Python binds a
+# package attribute to a submodule when that is first imported: after one export() call,
+# `from sslseq.convert import export` gave the module. Import it now and rebind the function.
+_export_entry = export
+importlib.import_module("sslseq.convert.export")
+export = _export_entry  # noqa: F811
