@@ -117,6 +117,7 @@ dump_features() {
 }
 
 # k-means with $1 clusters on dump/$2/$train_set; labels of the sets $3 into dump/labels/$4.
+# Labelling runs as --nj jobs, each one block of utterances (<set>.km.parts/), then one join.
 kmeans_targets() {
   local k=$1 feats=$2 sets=$3 tag=$4 km_dir=exp/kmeans_$4 lab_dir=dump/labels/$4 set opts
   opts="k=$k seed=$seed feats=$(marker_id "dump/$feats/$train_set")"
@@ -127,7 +128,10 @@ kmeans_targets() {
   opts="model=$(marker_id "$km_dir")"
   if stage_todo "$lab_dir" "$opts"; then
     for set in $sets; do
-      sslseq kmeans label --device "$device" "$km_dir/model.safetensors" "dump/$feats/$set" "$lab_dir/$set.km"
+      "$root_dir/tools/run_jobs.sh" --cmd "$cmd" --max-parallel "$nj" "JOB=0:$((nj - 1))" "$lab_dir/log/label_$set.JOB.log" \
+        sslseq kmeans label --nj "$nj" --rank JOB --device "$device" \
+        "$km_dir/model.safetensors" "dump/$feats/$set" "$lab_dir/$set.km"
+      sslseq kmeans label --nj "$nj" --device "$device" "$km_dir/model.safetensors" "dump/$feats/$set" "$lab_dir/$set.km"
     done
     mark_done "$lab_dir" "$opts"
   fi
