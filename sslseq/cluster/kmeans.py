@@ -850,13 +850,18 @@ def label_features(
     dev = resolve_device(device)
     c = centroids.to(dev)
     todo = [rank] if rank is not None else list(range(nj))
+    redone = 0
     for r in todo:
         if done(r):
-            log.info("%s is already labelled with this model; skipping it", part_of[r])
+            if rank is not None:
+                log.info("%s is already labelled with this model; skipping it", part_of[r])
             continue
         _label_block(store, c, *blocks[r], part_of[r], header(r))
+        redone += 1
     if rank is not None:
         return
+    if nj > 1:
+        log.info("joining %d parts of %s (%d labelled by the jobs, %d here)", nj, out_path.name, nj - redone, redone)
 
     with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for r in range(nj):
