@@ -216,6 +216,18 @@ def test_percent_in_log_path_is_escaped_for_slurm(fake_slurm, tmp_path):
     assert "hi 4" in (tmp_path / "log%a/x.4.log").read_text()
 
 
+def test_rank_killed_without_exit_code_is_failed_after_log_wait(fake_slurm, tmp_path):
+    env, state = fake_slurm
+    conf = write_conf(tmp_path / "slurm.conf", poll_interval=0, log_wait=2)
+    # rank 1 kills its batch script (as Slurm does at a time limit): no exit code, no marker
+    t0 = time.time()
+    r = run(["--cmd", "slurm", "--config", conf, "JOB=0:1", "log/k.JOB.log",
+             "bash", "-c", '[ "$1" = 0 ] || kill -9 $PPID', "_", "JOB"], tmp_path, env)
+    assert r.returncode == 1 and "1 of 2 rank(s) failed" in r.stderr and "rank 1: log/k.1.log" in r.stderr
+    assert 2 <= time.time() - t0 < 30  # waited log_wait seconds for a late marker
+    assert "rc=" not in (tmp_path / "log/k.1.log").read_text()
+
+
 @pytest.mark.parametrize("conf_text, flags, message", [
     ("memory = 4G\n", [], "slurm.conf:1: unknown key 'memory'"),
     ("mem 4G\n", [], "slurm.conf:1: expected 'key = value'"),
@@ -303,7 +315,7 @@ def real_slurm():
     assert r.stdout.strip() == f"export SLURM_CONF={d}/slurm.conf"
     env["SLURM_CONF"] = f"{d}/slurm.conf"
     job_conf = d / "jobs.conf"
-    write_conf(job_conf, mem="500M", cpus=1, time="10", poll_interval=1)
+    write_conf(job_conf, mem="500M", cpus=1, time="10", poll_interval=1, log_wait=3)
     env["SSLSEQ_SLURM_JOB_CONF"] = str(job_conf)
     try:
         yield env
@@ -332,6 +344,23 @@ def test_real_slurm_lists_failed_rank_and_reruns_only_it(real_slurm, tmp_path):
     assert second_job != first_job
     assert f"(Slurm job {second_job}_1)" in (tmp_path / "log/t.1.log").read_text()
     assert (tmp_path / "log/t.0.log").read_text() == log0  # rank 0 was not resubmitted
+
+
+def test_real_slurm_cancelled_rank_is_listed_with_slurms_message(real_slurm, tmp_path):
+    p = subprocess.Popen(["bash", str(RUN_JOBS), "--cmd", "slurm", "JOB=0:1", "log/c.JOB.log",
+                          "bash", "-c", '[ "$1" = 0 ] || sleep 120', "_", "JOB"],
+                         cwd=tmp_path, env=real_slurm, stderr=subprocess.PIPE, text=True)
+    log1 = tmp_path / "log/c.1.log"
+    deadline = time.time() + 120
+    while not (log1.exists() and "# started" in log1.read_text()):
+        assert time.time() < deadline and p.poll() is None, "rank 1 never started"
+        time.sleep(0.5)
+    jobid = (tmp_path / "log/q/c.jobid").read_text().strip()
+    subprocess.run(["scancel", f"{jobid}_1"], env=real_slurm, check=True, timeout=30)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "1 of 2 rank(s) failed" in err and "rank 1: log/c.1.log" in err, err
+    assert "CANCELLED" in log1.read_text()  # Slurm's own message lands in the rank's log
+    assert (tmp_path / "log/c.0.log.ok").exists() and not (tmp_path / "log/c.1.log.ok").exists()
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("bible") is None,

@@ -15,7 +15,9 @@
 #   --max-parallel N      local: ranks at once; slurm: array throttle (--array=...%N)
 #   --skip-done BOOL      skip ranks whose LOG.ok matches (default true)
 #   --config FILE         slurm options, lines "key = value" (# comments); keys: partition, mem,
-#                         cpus, gpu, time, extra (more sbatch options), poll_interval (seconds).
+#                         cpus, gpu, time, extra (more sbatch options), poll_interval (seconds
+#                         between squeue checks), log_wait (seconds to wait for the .ok marker of
+#                         a rank whose log has no exit code yet: shared file systems show files late).
 #                         Default: $SSLSEQ_SLURM_JOB_CONF, else conf/slurm.conf in the current
 #                         directory, else recipes/conf/slurm.conf.
 #   --partition P  --mem M  --cpus N  --gpu N  --time T
@@ -129,7 +131,7 @@ if [ -z "$config" ]; then
   [ -n "$config" ] || die "no Slurm job config: pass --config FILE (or create conf/slurm.conf)"
 fi
 [ -f "$config" ] || die "Slurm job config $config not found"
-declare -A conf=([poll_interval]=10)
+declare -A conf=([poll_interval]=10 [log_wait]=10)
 n=0
 while IFS= read -r line || [ -n "$line" ]; do
   n=$((n + 1))
@@ -139,15 +141,15 @@ while IFS= read -r line || [ -n "$line" ]; do
     || die "$config:$n: expected 'key = value', got '$line'"
   key=${BASH_REMATCH[1]} value=${BASH_REMATCH[2]}
   case "$key" in
-    partition|mem|cpus|gpu|time|extra|poll_interval) conf[$key]=$value ;;
-    *) die "$config:$n: unknown key '$key' (keys: partition mem cpus gpu time extra poll_interval)" ;;
+    partition|mem|cpus|gpu|time|extra|poll_interval|log_wait) conf[$key]=$value ;;
+    *) die "$config:$n: unknown key '$key' (keys: partition mem cpus gpu time extra poll_interval log_wait)" ;;
   esac
 done < "$config"
 for key in "${!over[@]}"; do conf[$key]=${over[$key]}; done
-for key in partition mem cpus gpu time poll_interval; do
+for key in partition mem cpus gpu time poll_interval log_wait; do
   [[ "${conf[$key]:-}" != *[[:space:]]* ]] || die "slurm option $key='${conf[$key]}' contains whitespace"
 done
-for key in cpus gpu; do
+for key in cpus gpu log_wait; do
   [ -z "${conf[$key]:-}" ] || [[ "${conf[$key]}" =~ ^[0-9]+$ ]] || die "slurm option $key='${conf[$key]}': a number is needed"
 done
 [[ "${conf[poll_interval]}" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "slurm option poll_interval='${conf[poll_interval]}': seconds are needed"
@@ -236,10 +238,18 @@ while :; do
 done
 trap - INT TERM
 
-failed=()
-for j in "${todo[@]}"; do
-  okf=${logpat//JOB/$j}.ok
-  [ -f "$okf" ] && [ "$(cat "$okf")" = "${sig[$j]}" ] || failed+=("$j")
+# A rank succeeded when its marker matches. One without a marker whose log records no nonzero
+# exit code may be on a shared file system that shows files late: wait up to log_wait seconds.
+for ((t = 0; ; t++)); do
+  failed=() unsure=0
+  for j in "${todo[@]}"; do
+    okf=${logpat//JOB/$j}.ok logf=${logpat//JOB/$j}
+    [ -f "$okf" ] && [ "$(cat "$okf")" = "${sig[$j]}" ] && continue
+    failed+=("$j")
+    grep -qE '^# ended .* rc=[1-9]' "$logf" 2>/dev/null || unsure=1
+  done
+  { [ ${#failed[@]} -eq 0 ] || [ "$unsure" = 0 ] || [ "$t" -ge "${conf[log_wait]}" ]; } && break
+  sleep 1
 done
 [ ${#failed[@]} -eq 0 ] || report_failures "${failed[@]}"
 echo "$me: Slurm job $jobid: all ${#todo[@]} rank(s) succeeded" >&2
