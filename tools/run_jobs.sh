@@ -31,7 +31,7 @@ me=$(basename "$0")
 root_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 die() { echo "$me: $*" >&2; exit 1; }
 
-cmd=local max_parallel= skip_done=true config=
+cmd=local max_parallel='' skip_done=true config=''
 declare -A over=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -96,9 +96,25 @@ report_failures() {  # ranks...
   exit 1
 }
 
+# The ranks of $todo without a matching .ok marker, into $failed. A rank whose log records no
+# nonzero exit code may be on a shared file system that shows files late: up to $1 seconds are
+# given for its marker to appear.
+find_failed() {
+  local wait_s=$1 t j unsure
+  for ((t = 0; ; t++)); do
+    failed=() unsure=0
+    for j in "${todo[@]}"; do
+      [ -f "${logpat//JOB/$j}.ok" ] && [ "$(cat "${logpat//JOB/$j}.ok")" = "${sig[$j]}" ] && continue
+      failed+=("$j")
+      grep -qE '^# ended .* rc=[1-9]' "${logpat//JOB/$j}" 2>/dev/null || unsure=1
+    done
+    { [ ${#failed[@]} -eq 0 ] || [ "$unsure" = 0 ] || [ "$t" -ge "$wait_s" ]; } && return 0
+    sleep 1
+  done
+}
+
 if [ "$cmd" = local ]; then
   max_parallel=${max_parallel:-$(nproc)}
-  declare -A pids=()
   for j in "${todo[@]}"; do
     while [ "$(jobs -rp | wc -l)" -ge "$max_parallel" ]; do wait -n || true; done
     logf=${logpat//JOB/$j}
@@ -112,10 +128,9 @@ if [ "$cmd" = local ]; then
       if [ "$rc" -eq 0 ]; then echo "${sig[$j]}" > "$logf.ok.tmp" && mv "$logf.ok.tmp" "$logf.ok"; fi
       exit "$rc"
     ) > "$logf" 2>&1 < /dev/null &
-    pids[$j]=$!
   done
-  failed=()
-  for j in "${todo[@]}"; do wait "${pids[$j]}" || failed+=("$j"); done
+  wait
+  find_failed 0
   [ ${#failed[@]} -eq 0 ] || report_failures "${failed[@]}"
   exit 0
 fi
@@ -177,6 +192,7 @@ script=$logdir/q/$name.sh
   echo "#SBATCH --open-mode=truncate"
   for o in "${sbatch_opts[@]}"; do echo "#SBATCH $o"; done
   echo 'set -u'
+  # shellcheck disable=SC2016  # expanded by the batch script, not here
   echo 'rank=${SLURM_ARRAY_TASK_ID:?this script runs as a task of a Slurm job array}'
   echo "workdir=$(printf '%q' "$workdir")"
   echo "logpat=$(printf '%q' "$logpat")"
@@ -200,7 +216,7 @@ BODY
 mv "$script.tmp" "$script"
 
 # The array spec: runs of consecutive ranks as ranges (0-3,7,9-10), then the throttle.
-spec= prev= first=
+spec='' prev='' first=''
 for j in "${todo[@]}" ""; do
   if [ -n "$prev" ] && { [ -z "$j" ] || [ "$j" -ne $((prev + 1)) ]; }; then
     [ "$first" = "$prev" ] && spec+=",$first" || spec+=",$first-$prev"
@@ -238,18 +254,6 @@ while :; do
 done
 trap - INT TERM
 
-# A rank succeeded when its marker matches. One without a marker whose log records no nonzero
-# exit code may be on a shared file system that shows files late: wait up to log_wait seconds.
-for ((t = 0; ; t++)); do
-  failed=() unsure=0
-  for j in "${todo[@]}"; do
-    okf=${logpat//JOB/$j}.ok logf=${logpat//JOB/$j}
-    [ -f "$okf" ] && [ "$(cat "$okf")" = "${sig[$j]}" ] && continue
-    failed+=("$j")
-    grep -qE '^# ended .* rc=[1-9]' "$logf" 2>/dev/null || unsure=1
-  done
-  { [ ${#failed[@]} -eq 0 ] || [ "$unsure" = 0 ] || [ "$t" -ge "${conf[log_wait]}" ]; } && break
-  sleep 1
-done
+find_failed "${conf[log_wait]}"
 [ ${#failed[@]} -eq 0 ] || report_failures "${failed[@]}"
 echo "$me: Slurm job $jobid: all ${#todo[@]} rank(s) succeeded" >&2
