@@ -156,3 +156,16 @@ def test_config_get_reads_one_value_and_names_missing_keys(tmp_path: Path, capsy
     assert "list of 1 items; '1' is not an index 0..0" in capsys.readouterr().err
     assert main(["config", "get", str(f), "iterations.0.layr"]) == 1
     assert "'layr' is not among layer, k" in capsys.readouterr().err
+
+
+def test_pretraining_with_two_processes_through_torchrun(tiny_run: Path, tmp_path: Path):
+    """--ngpu 2 --device cpu: stage 4 runs `sslseq train` under torchrun (2 gloo processes)."""
+    workdir = tmp_path / "ddp"
+    workdir.mkdir()
+    for d in ("corpus", "data", "dump"):
+        shutil.copytree(tiny_run / d, workdir / d, symlinks=True)
+    for km in tiny_run.glob("exp/kmeans_*"):
+        shutil.copytree(km, workdir / km.relative_to(tiny_run), symlinks=True)
+    run_recipe(workdir, "--stage", "4", "--stop-stage", "4", "--ngpu", "2", "--device", "cpu", "--pretrain-steps", "6")
+    summary = yaml.safe_load((workdir / "exp/pretrain_hubert_tiny_mfcc_k20/train_summary.yaml").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 6

@@ -651,6 +651,7 @@ class Trainer:
             "wall_time_s": round(wall, 2),
             "audio_hours_processed": round(self.stats.get("audio_seconds", 0.0) / 3600, 4),
             "frames_per_s": self.stats.get("frames_per_s"),
+            "processes": self.accelerator.num_processes,
             "config_digest": self.digest,
         }
         atomic_write_text(out / SUMMARY, yaml.safe_dump(summary, sort_keys=False))
