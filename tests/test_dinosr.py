@@ -470,3 +470,31 @@ def test_kill_and_resume_reproduces_losses(tmp_path, tiny_data):
     strip = lambda rs: [{k: v for k, v in r.items() if k not in ("frames_per_s", "audio_s_per_s")} for r in rs]
     la, lb = strip(_jsonl(ref)), strip(_jsonl(Path(killed.out_dir)))
     assert la == lb and len([r for r in la if "loss" in r]) == 6
+
+
+def test_two_process_training_through_torchrun(tmp_path):
+    """DDP on CPU (gloo, loopback): the codebook all-reduce inside forward runs beside DDP's own
+    collectives without a hang, and both processes train (a smoke test; the exact equivalence of
+    the statistics is test_codebook_update_all_reduced_over_two_processes)."""
+    import subprocess
+
+    from test_train import _tone_corpus
+
+    train, _ = _tone_corpus(tmp_path / "train", 8, seed=0)
+    model = dinosr_cfg()
+    cfg = {"task": "pretrain", "model": model, "device": "cpu", "log_interval": 1, "save_interval": 2,
+           "data": {"train": str(train), "max_batch_seconds": 4.0, "max_sample_seconds": 2.0},
+           "optim": {"lr": 1e-3, "warmup_steps": 0, "max_steps": 2}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "ddp"
+    env = {**os.environ, "SSLSEQ_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), "-m", "sslseq.cli", "train", str(path), f"out_dir={out}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-5000:]
+    train_rec = [r for r in _jsonl(out) if "loss" in r]
+    assert [r["step"] for r in train_rec] == [1, 2] and all(math.isfinite(r["loss"]) for r in train_rec)
+    final = load(out)
+    # Counts start at 1: codewords hit during training moved off it; the teacher absorbed step 1.
+    assert int(final.teacher_step) == 1 and bool((final.codebooks.counts != 1).any())
