@@ -99,8 +99,9 @@ def _infonce_bwd_kernel(c, t, neg, pos_in, neg_in, lse_in, gloss, gc, gt, wneg, 
             tl.store(gt + i * D + dc, w0 * ci, mask=dm)  # row i is this program's alone
 
 
-def _block_k(K: int) -> int:
-    return max(16, triton.next_power_of_2(max(K, 1)))
+def launch_options(K: int) -> dict:
+    """Block sizes and launch options for K negatives (shared with ``compile_check``)."""
+    return dict(BLOCK_K=max(16, triton.next_power_of_2(max(K, 1))), BLOCK_D=BLOCK_D, num_warps=8 if K > 32 else 4)
 
 
 def forward(c, t, neg_idx, target_codes, t_raw, temperature: float):
@@ -118,8 +119,7 @@ def forward(c, t, neg_idx, target_codes, t_raw, temperature: float):
         raw = t if use_codes else t_raw.contiguous()
         _infonce_fwd_kernel[(N,)](
             c.contiguous(), t.contiguous(), raw, neg_idx.contiguous(), codes, loss, correct, pos, neg, lse, K, D,
-            1.0 / temperature, USE_CODES=use_codes, G=target_codes.size(1) if use_codes else 1,
-            BLOCK_K=_block_k(K), BLOCK_D=BLOCK_D, num_warps=8 if K > 32 else 4,
+            1.0 / temperature, USE_CODES=use_codes, G=target_codes.size(1) if use_codes else 1, **launch_options(K),
         )
     return loss.to(c.dtype), correct.sum().to(torch.int64), pos, neg, lse
 
@@ -133,8 +133,7 @@ def backward(c, t, neg_idx, pos, neg, lse, grad_loss, temperature: float, determ
         wneg = torch.empty((N, K), dtype=torch.float32, device=c.device) if deterministic else gt
         _infonce_bwd_kernel[(N,)](
             c.contiguous(), t.contiguous(), neg_idx.contiguous(), pos, neg, lse, grad_loss.float().reshape(1),
-            gc, gt, wneg, K, D, 1.0 / temperature, ATOMIC=not deterministic, BLOCK_K=_block_k(K), BLOCK_D=BLOCK_D,
-            num_warps=8 if K > 32 else 4,
+            gc, gt, wneg, K, D, 1.0 / temperature, ATOMIC=not deterministic, **launch_options(K),
         )
         if deterministic:
             # Negatives' target gradients: gt[neg_idx[i, k]] += wneg[i, k] * c[i], summed in a fixed order.

@@ -21,7 +21,8 @@ from sslseq.kernels.gumbel import out_dtype, wide_dtype
 from sslseq.kernels.segment_triton import scatter_add_rows
 
 BLOCK_N = 16  # rows per program: 16 x 512 fp32 tiles (V=320 padded) stay in registers with 8 warps
-BLOCK_D = 64  # codevector columns per step
+BLOCK_D = 32  # codevector columns per step: the fp32 tl.dot's (32, 512) codebook tile is 64 KB of shared memory
+NUM_STAGES = 2  # pipelined copies of that tile: 3 (Hopper's default) would need more than the 227 KB per block
 
 
 @triton.jit
@@ -52,6 +53,13 @@ def _load_group(logits, rows, cols, g, N, V, GV):
     lg = tl.load(logits + offs, mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
     lg = tl.where(cmask[None, :], lg, float("-inf"))
     return lg, offs
+
+
+@triton.jit
+def _dot(a, b):
+    """In fp32, exactly (no TF32), as the torch paths. 16-bit operands are widened too: the
+    Triton interpreter's bf16 dot is wrong, and the CPU tests must run the code the GPU runs."""
+    return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
 
 
 @triton.jit
@@ -87,8 +95,8 @@ def _gumbel_fwd_kernel(logits, book, q, idx, psum, N, V, GV, D, tau, k1, k2, HAR
             val = tl.load(book + brow[:, None].to(tl.int64) * D + dc[None, :], mask=rmask[:, None] & dm[None, :], other=0.0)
         else:
             bk = tl.load(book + (g * V + cols)[:, None].to(tl.int64) * D + dc[None, :],
-                         mask=cmask[:, None] & dm[None, :], other=0.0).to(tl.float32)
-            val = tl.dot(y, bk, input_precision="ieee")
+                         mask=cmask[:, None] & dm[None, :], other=0.0)
+            val = _dot(y, bk)
         tl.store(q + rows[:, None].to(tl.int64) * (G * D) + g * D + dc[None, :], val.to(q.dtype.element_ty),
                  mask=rmask[:, None] & dm[None, :])
 
@@ -105,22 +113,24 @@ def _gumbel_bwd_kernel(logits, book, gq, gmean, glogits, ysoft, N, V, GV, D, tau
     rmask = rows < N
     cmask = cols < V
     m2 = rmask[:, None] & cmask[None, :]
+    if HAS_GQ:
+        # d quantized / d y_soft = grad_q[n, g] · codebook[g, v], accumulated over column slices
+        # first, so that only the accumulator is live across the loop (register pressure).
+        go = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            dc = d0 + tl.arange(0, BLOCK_D)
+            dm = dc < D
+            a = tl.load(gq + rows[:, None].to(tl.int64) * (G * D) + g * D + dc[None, :],
+                        mask=rmask[:, None] & dm[None, :], other=0.0)
+            bt = tl.load(book + (g * V + cols)[None, :].to(tl.int64) * D + dc[:, None],
+                         mask=dm[:, None] & cmask[None, :], other=0.0)
+            go += _dot(a, bt)
     lg, offs = _load_group(logits, rows, cols, g, N, V, GV)
     gz = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
     if HAS_GQ:
         y = _softmax_rows((lg + _gumbel(offs, k1, k2)) / tau)
         if STORE_Y:
             tl.store(ysoft + offs, y, mask=m2)
-        # d quantized / d y_soft = grad_q[n, g] · codebook[g, v], accumulated over column slices.
-        go = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            dc = d0 + tl.arange(0, BLOCK_D)
-            dm = dc < D
-            a = tl.load(gq + rows[:, None].to(tl.int64) * (G * D) + g * D + dc[None, :],
-                        mask=rmask[:, None] & dm[None, :], other=0.0).to(tl.float32)
-            bt = tl.load(book + (g * V + cols)[None, :].to(tl.int64) * D + dc[:, None],
-                         mask=dm[:, None] & cmask[None, :], other=0.0).to(tl.float32)
-            go += tl.dot(a, bt, input_precision="ieee")
         gz += y * (go - tl.sum(y * go, 1)[:, None]) / tau
     if HAS_GMEAN:
         p = _softmax_rows(lg)
@@ -129,8 +139,13 @@ def _gumbel_bwd_kernel(logits, book, gq, gmean, glogits, ysoft, N, V, GV, D, tau
     tl.store(glogits + offs, gz.to(glogits.dtype.element_ty), mask=m2)
 
 
-def _blocks(V: int):
-    return max(16, triton.next_power_of_2(V))
+def launch_options(V: int, backward: bool = False) -> dict:
+    """Block sizes and launch options for V codes per group (shared with ``compile_check``).
+    The backward keeps four (BLOCK_N, BLOCK_V) fp32 tiles live: 16 warps keep it near 128
+    registers a thread (8 warps: 255 and spills, on sm_90)."""
+    BV = max(16, triton.next_power_of_2(V))  # tl.dot needs >= 16
+    warps = (16 if backward else 8) if BV >= 256 else 4
+    return dict(BLOCK_N=BLOCK_N, BLOCK_V=BV, BLOCK_D=BLOCK_D, num_warps=warps, num_stages=NUM_STAGES)
 
 
 def _keys(seed: int) -> tuple[int, int]:
@@ -150,9 +165,8 @@ def forward(logits, codebook, tau: float, hard: bool, seed: int, groups: int):
     if N == 0:
         return q, idx, torch.zeros((G, V), dtype=wide_dtype(logits.dtype), device=logits.device)
     k1, k2 = _keys(seed)
-    BV = _blocks(V)
     _gumbel_fwd_kernel[(nb, G)](logits, codebook, q, idx, psum, N, V, GV, D, float(tau), k1, k2, HARD=bool(hard),
-                                BLOCK_N=BLOCK_N, BLOCK_V=BV, BLOCK_D=BLOCK_D, num_warps=8 if BV >= 256 else 4)
+                                **launch_options(V))
     mean = psum.sum(0).to(wide_dtype(logits.dtype)) / N  # fixed-order reduction over blocks
     return q, idx, mean
 
@@ -171,11 +185,9 @@ def backward(logits, codebook, idx, tau, hard, seed, groups, grad_q, grad_mean, 
     store_y = has_gq and not hard
     ysoft = torch.empty((N, GV), dtype=torch.float32, device=logits.device) if store_y else g_book
     k1, k2 = _keys(seed)
-    BV = _blocks(V)
     _gumbel_bwd_kernel[(triton.cdiv(N, BLOCK_N), G)](
         logits, codebook, gq, gm, g_logits, ysoft, N, V, GV, D, float(tau), 1.0 / N, k1, k2,
-        HAS_GQ=has_gq, HAS_GMEAN=has_gm, STORE_Y=store_y, BLOCK_N=BLOCK_N, BLOCK_V=BV, BLOCK_D=BLOCK_D,
-        num_warps=8 if BV >= 256 else 4,
+        HAS_GQ=has_gq, HAS_GMEAN=has_gm, STORE_Y=store_y, **launch_options(V, backward=True),
     )
     if has_gq:
         if hard:

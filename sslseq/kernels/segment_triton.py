@@ -14,6 +14,7 @@ import triton.language as tl
 
 BLOCK_R = 32  # items summed per step of a segment
 BLOCK_D = 64  # columns per program
+NUM_WARPS = 4
 
 
 @triton.jit
@@ -68,7 +69,8 @@ def scatter_add_rows(out: torch.Tensor, dst: torch.Tensor, src: torch.Tensor, ro
     if not deterministic:
         grid = (triton.cdiv(dst.numel(), BLOCK_R), triton.cdiv(D, BLOCK_D))
         _scatter_atomic_kernel[grid](src, rows.contiguous(), dst.contiguous(), dummy, out, dst.numel(), D,
-                                     HAS_SCALE=scale is not None, BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D)
+                                     HAS_SCALE=scale is not None, BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D,
+                                     num_warps=NUM_WARPS)
         return out
     order = torch.argsort(dst, stable=True)
     counts = torch.bincount(dst, minlength=S)
@@ -78,5 +80,5 @@ def scatter_add_rows(out: torch.Tensor, dst: torch.Tensor, src: torch.Tensor, ro
     scale_sorted = scale[order].contiguous() if scale is not None else out
     grid = (S, triton.cdiv(D, BLOCK_D))
     _segment_sum_kernel[grid](src, rows_sorted, scale_sorted, offsets, out, D, HAS_SCALE=scale is not None,
-                              ACCUMULATE=True, BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D)
+                              ACCUMULATE=True, BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D, num_warps=NUM_WARPS)
     return out
