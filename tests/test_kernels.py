@@ -145,6 +145,18 @@ def test_gumbel_triton_codebook_grad_deterministic_and_atomic():
     close(c[4], ref[4], torch.float32)
 
 
+def test_gumbel_chunked_under_autocast():
+    # Soft codevectors are a matmul: autocast must not turn it (or its backward) into bf16.
+    case = _quantize_case(20, 2, 8, 6, torch.float32, seed=5)
+    ref = _run_quantize("reference", *case, False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _run_quantize("chunked", *case, False)
+    assert out[0].dtype == torch.float32
+    for a, b in zip(out, ref):
+        if a.dtype != torch.int64:
+            close(a, b, torch.float32)
+
+
 def test_gumbel_same_noise_on_all_paths_and_seeds():
     case = _quantize_case(40, 2, 16, 4, torch.float32, seed=2)
     ids = {s: _run_quantize("chunked", *case, True, seed=s)[1] for s in (1, 2)}

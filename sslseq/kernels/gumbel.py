@@ -131,7 +131,8 @@ class GumbelQuantizeFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, codebook, tau, hard, seed, groups, impl, deterministic):
-        q, idx, mean = impl.forward(logits, codebook, tau, hard, seed, groups)
+        with torch.autocast(device_type=logits.device.type, enabled=False):  # dtypes are chosen inside
+            q, idx, mean = impl.forward(logits, codebook, tau, hard, seed, groups)
         ctx.save_for_backward(logits, codebook, idx)
         ctx.args = (tau, hard, seed, groups, impl, deterministic)
         ctx.mark_non_differentiable(idx)
@@ -144,7 +145,8 @@ class GumbelQuantizeFn(torch.autograd.Function):
         tau, hard, seed, groups, impl, deterministic = ctx.args
         if grad_q is None and grad_mean is None:
             return (None,) * 8
-        g_logits, g_book = impl.backward(logits, codebook, idx, tau, hard, seed, groups, grad_q, grad_mean, deterministic)
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            g_logits, g_book = impl.backward(logits, codebook, idx, tau, hard, seed, groups, grad_q, grad_mean, deterministic)
         return (
             g_logits if ctx.needs_input_grad[0] else None,
             g_book if ctx.needs_input_grad[1] else None,
