@@ -307,7 +307,8 @@ def real_slurm():
                     "apt-get install slurmctld slurmd slurm-client munge, or bash tools/install.sh --test as root")
     # a short path: munge's socket lives under it and unix socket paths must fit in 108 bytes
     d = Path(tempfile.mkdtemp(prefix="sslseq-slurm-", dir="/tmp"))
-    env = {**os.environ, "SSLSEQ_SLURM_PORT": str(free_port_pair())}
+    # two stand-in GPUs, so --gpu requests are really scheduled by Slurm
+    env = {**os.environ, "SSLSEQ_SLURM_PORT": str(free_port_pair()), "SSLSEQ_SLURM_GPUS": "fake:2"}
     r = subprocess.run([str(START), str(d)], env=env, capture_output=True, text=True, timeout=180)
     if r.returncode != 0:
         subprocess.run([str(STOP), str(d)], timeout=60)
@@ -361,6 +362,18 @@ def test_real_slurm_cancelled_rank_is_listed_with_slurms_message(real_slurm, tmp
     assert p.returncode == 1 and "1 of 2 rank(s) failed" in err and "rank 1: log/c.1.log" in err, err
     assert "CANCELLED" in log1.read_text()  # Slurm's own message lands in the rank's log
     assert (tmp_path / "log/c.0.log.ok").exists() and not (tmp_path / "log/c.1.log.ok").exists()
+
+
+def test_real_slurm_gives_each_rank_the_gpus_it_asks_for(real_slurm, tmp_path):
+    r = run(["--cmd", "slurm", "--gpu", 1, "JOB=0:3", "log/g.JOB.log",
+             "bash", "-c", 'echo "$CUDA_VISIBLE_DEVICES" > "gpu.$1"', "_", "JOB"], tmp_path, real_slurm, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "#SBATCH --gres=gpu:1" in (tmp_path / "log/q/g.sh").read_text()
+    for rank in range(4):  # one of the node's two GPUs each
+        assert (tmp_path / f"gpu.{rank}").read_text().strip() in ("0", "1")
+    # more GPUs than the node has: Slurm refuses the array, and the runner says why
+    r = run(["--cmd", "slurm", "--gpu", 3, "JOB=0:1", "log/h.JOB.log", "true"], tmp_path, real_slurm, timeout=120)
+    assert r.returncode == 1 and "sbatch --array=0-1 log/q/h.sh failed: sbatch: error:" in r.stderr, r.stderr
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("bible") is None,

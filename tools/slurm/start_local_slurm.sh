@@ -10,11 +10,15 @@
 # so an existing /etc/slurm setup is left alone. Made for containers: no systemd, no cgroups
 # (proctrack/linuxproc, task/none), no accounting database.
 # Environment: SSLSEQ_SLURM_PORT (slurmctld port, default 6817; slurmd uses the next one),
-#              SSLSEQ_SLURM_TIMEOUT (seconds to wait for the node, default 60).
+#              SSLSEQ_SLURM_TIMEOUT (seconds to wait for the node, default 60),
+#              SSLSEQ_SLURM_GPUS: auto (default: the /dev/nvidiaN devices, if any, as gres gpu),
+#                none, or fake:N (N stand-in device files, so jobs asking --gres=gpu:K are scheduled
+#                and get CUDA_VISIBLE_DEVICES as on a GPU node; tests use this without GPUs).
 set -euo pipefail
 dir=${1:-/tmp/sslseq-slurm}
 port=${SSLSEQ_SLURM_PORT:-6817}
 wait_s=${SSLSEQ_SLURM_TIMEOUT:-60}
+gpus=${SSLSEQ_SLURM_GPUS:-auto}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 err() { echo "start_local_slurm: $*" >&2; }
@@ -51,9 +55,28 @@ munged --force --key-file="$dir/munge/munge.key" --socket="$dir/munge/munge.sock
   --pid-file="$dir/munge/munged.pid" --log-file="$dir/log/munged.log" \
   --seed-file="$dir/munge/munged.seed" 2>>"$dir/log/munged.log" || fail "munged did not start"
 
+# GPUs as generic resources (gres.conf next to slurm.conf).
+gpu_files=()
+case "$gpus" in
+  auto) for f in /dev/nvidia[0-9]*; do [ -c "$f" ] && gpu_files+=("$f"); done ;;
+  none) ;;
+  fake:[1-9]*)
+    for ((i = 0; i < ${gpus#fake:}; i++)); do
+      mknod "$dir/fakegpu$i" c 1 3 || fail "mknod $dir/fakegpu$i failed (fake GPUs need a character device)"
+      gpu_files+=("$dir/fakegpu$i")
+    done ;;
+  *) fail "SSLSEQ_SLURM_GPUS=$gpus: use auto, none or fake:N" ;;
+esac
+gres_node='' gres_types=''
+if [ ${#gpu_files[@]} -gt 0 ]; then
+  gres_node="Gres=gpu:${#gpu_files[@]}" gres_types="GresTypes=gpu"
+  { echo "AutoDetect=off"; for f in "${gpu_files[@]}"; do echo "Name=gpu File=$f"; done; } > "$dir/gres.conf"
+fi
+
 cat > "$dir/slurm.conf" <<CONF
 # Written by tools/slurm/start_local_slurm.sh: a single-node test cluster.
 ClusterName=sslseq
+$gres_types
 SlurmctldHost=$node(127.0.0.1)
 SlurmctldPort=$port
 SlurmdPort=$((port + 1))
@@ -84,7 +107,7 @@ MinJobAge=300
 SlurmdTimeout=60
 InactiveLimit=0
 KillWait=5
-NodeName=$node NodeAddr=127.0.0.1 $hw State=UNKNOWN
+NodeName=$node NodeAddr=127.0.0.1 $hw $gres_node State=UNKNOWN
 PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
 export SLURM_CONF=$dir/slurm.conf
@@ -95,7 +118,7 @@ slurmd -f "$SLURM_CONF" -N "$node" 2>>"$dir/log/slurmd.log" || fail "slurmd did 
 for ((i = 0; i < wait_s; i++)); do
   state=$(sinfo -h -n "$node" -o %t 2>/dev/null || true)
   case "$state" in
-    idle*) err "node $node idle after ${i}s (SLURM_CONF=$SLURM_CONF)"; echo "export SLURM_CONF=$SLURM_CONF"; exit 0 ;;
+    idle*) err "node $node idle after ${i}s (SLURM_CONF=$SLURM_CONF, GPUs: ${#gpu_files[@]})"; echo "export SLURM_CONF=$SLURM_CONF"; exit 0 ;;
     down*|drain*|fail*)
       # After a restart a node can come back "down"; it is healthy if slurmd answers.
       scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true ;;
