@@ -253,6 +253,18 @@ def test_sbatch_error_is_reported(fake_slurm, tmp_path):
     assert "sbatch --array=0-1 log/q/e.sh failed: sbatch: error: invalid partition specified: nope" in r.stderr
 
 
+def test_rank_that_never_starts_is_not_reported_with_its_old_log(fake_slurm, tmp_path):
+    env, state = fake_slurm
+    conf = write_conf(tmp_path / "slurm.conf", poll_interval=0, log_wait=0)
+    job = ["--cmd", "slurm", "--config", conf, "JOB=0:0", "log/n.JOB.log", "bash", "-c", "echo old run; exit 2"]
+    assert run(job, tmp_path, env).returncode == 1
+    # the array is accepted but its task never runs (cancelled while pending)
+    fake = Path(env["PATH"].split(":")[0]) / "sbatch"
+    fake.write_text("#!/usr/bin/env bash\necho 555\n")
+    r = run(job, tmp_path, env)
+    assert r.returncode == 1 and "(no log: the rank never started)" in r.stderr and "old run" not in r.stderr
+
+
 def test_default_config_is_the_recipes_one(fake_slurm, tmp_path):
     env, state = fake_slurm
     (state / "squeue_busy").write_text("0")

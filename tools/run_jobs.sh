@@ -228,7 +228,8 @@ for j in "${todo[@]}" ""; do
 done
 spec=${spec#,}
 [ -z "$max_parallel" ] || spec+="%$max_parallel"
-for j in "${todo[@]}"; do rm -f "${logpat//JOB/$j}.ok"; done
+# Old logs go too, so a task that never starts is reported as such, not by its last run's log.
+for j in "${todo[@]}"; do rm -f "${logpat//JOB/$j}.ok" "${logpat//JOB/$j}"; done
 out=$(sbatch --parsable --array="$spec" "$script" 2>&1) || die "sbatch --array=$spec $script failed: $out"
 jobid=${out##*$'\n'}; jobid=${jobid%%;*}
 [[ "$jobid" =~ ^[0-9]+$ ]] || die "sbatch printed no job id: $out"
