@@ -245,7 +245,10 @@ if run_stage 7; then
       out=$exp/decode_$set
       opts="model=$(marker_id "$exp") data=$(marker_id data)"
       if stage_todo "$out" "$opts"; then
-        sslseq decode --device "${device/auto/cpu}" "$exp" "data/$set" "$out"
+        # --nj blocks of utterances, then one call that joins them and scores.
+        "$root_dir/tools/run_jobs.sh" --cmd "$cmd" --max-parallel "$nj" "JOB=0:$((nj - 1))" "$out/log/decode.JOB.log" \
+          sslseq decode --device "${device/auto/cpu}" --nj "$nj" --rank JOB "$exp" "data/$set" "$out"
+        sslseq decode --device "${device/auto/cpu}" --nj "$nj" "$exp" "data/$set" "$out"
         mark_done "$out" "$opts"
       fi
       decode_dirs+=("$out")

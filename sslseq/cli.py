@@ -124,6 +124,8 @@ def cmd_decode(a: argparse.Namespace) -> None:
         batch_seconds=a.batch_seconds,
         beam=a.beam,
         allow_pipes=a.allow_pipes,
+        nj=a.nj,
+        rank=a.rank,
     )
 
 
@@ -269,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--beam", type=int, default=1, help="1: greedy; >1: CTC prefix beam search")
     s.add_argument("--allow-pipes", action="store_true")
     s.add_argument("--batch-seconds", type=float, default=200.0, help="audio seconds per batch")
+    s.add_argument("--nj", type=int, default=1, help="blocks of utterances (each decoded by one --rank job)")
+    s.add_argument("--rank", type=int, default=None,
+                   help="decode only this block into OUT_DIR/parts; without it: decode missing blocks, join, score")
     s.add_argument("exp_dir")
     s.add_argument("data_dir")
     s.add_argument("out_dir")

@@ -332,6 +332,30 @@ def test_decode_data_dir_end_to_end(tmp_path, fake_exp, beam, monkeypatch):
     assert (out / "wer").read_text().startswith("%WER 0.00 [ 0 / ")
 
 
+def test_decode_in_blocks_joins_to_the_same_hypotheses(tmp_path, fake_exp, monkeypatch):
+    """--nj 3: each --rank decodes one block into parts/; the join equals one-job decoding,
+    and a finished block is not decoded again."""
+    from sslseq.asr.decode import decode_data_dir
+
+    monkeypatch.setenv("SSLSEQ_NO_PROGRESS", "1")
+    exp, tok, model = fake_exp
+    data = _make_data_dir(tmp_path, TEXTS, tok)
+    whole = decode_data_dir(exp, data, tmp_path / "whole", batch_seconds=1.0)
+    out = tmp_path / "blocks"
+    assert decode_data_dir(exp, data, out, batch_seconds=1.0, nj=3, rank=1) is None
+    assert sorted(p.name for p in (out / "parts").iterdir()) == ["1_3.yaml"] and not (out / "hyp.txt").exists()
+    calls = len(model.calls)
+    r = decode_data_dir(exp, data, out, batch_seconds=1.0, nj=3)  # decodes blocks 0 and 2 only, then joins
+    assert sum(B for B, _ in model.calls[calls:]) == 3  # blocks 0 and 2: 2 + 1 of the 5 utterances
+    assert (out / "hyp.txt").read_text() == (tmp_path / "whole" / "hyp.txt").read_text()
+    assert r.wer == whole.wer == 0.0 and yaml.safe_load((out / "decode.yaml").read_text())["nj"] == 3
+    n_after_join = len(model.calls)
+    decode_data_dir(exp, data, out, batch_seconds=1.0, nj=3)  # every part done: only the join
+    assert len(model.calls) == n_after_join
+    with pytest.raises(SslseqError, match=r"rank 3 is outside 0..2"):
+        decode_data_dir(exp, data, out, nj=3, rank=3)
+
+
 def test_decode_scores_against_normalised_refs_and_counts_errors(tmp_path, fake_exp, monkeypatch):
     from sslseq.asr.decode import decode_data_dir
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import time
 from pathlib import Path
@@ -69,54 +70,15 @@ def _normalized_refs(data_dir: Path, text: dict[str, str], out_dir: Path) -> Pat
     return ref
 
 
-def decode_data_dir(
-    exp_dir: Path,
-    data_dir: Path,
-    out_dir: Path,
-    *,
-    device: str = "cpu",
-    batch_seconds: float = 200.0,
-    beam: int = 1,
-    allow_pipes: bool = False,
-) -> ScoreResult | None:
-    """Decode every utterance of ``data_dir`` with the CTC model of ``exp_dir``.
-
-    ``beam`` 1 is greedy decoding, larger values CTC prefix beam search. Writes
-    ``out_dir/hyp.txt`` and ``out_dir/decode.yaml``; when the data dir has a ``text``
-    file also scores (``wer``, ``wer.yaml``, ``errs``) and returns the result.
-    """
+def _decode_utts(model, tokenizer, data, utts: list[str], *, exp_dir: Path, units: Path, data_dir: Path,
+                 dev: torch.device, batch_seconds: float, beam: int, allow_pipes: bool, desc: str):
+    """Hypotheses of ``utts``, the audio seconds read and the seconds spent in model + search."""
     from sslseq.audio import read_audio
-    from sslseq.data.kaldi import load_data_dir
-    from sslseq.data.text import CharTokenizer
-    from sslseq.models import load as load_model
 
-    exp_dir, data_dir, out_dir = Path(exp_dir), Path(data_dir), Path(out_dir)
-    if beam < 1:
-        raise SslseqError(f"beam must be >= 1 (1 = greedy), got {beam}")
-    units = exp_dir / "units.txt"
-    if not units.is_file():
-        raise SslseqError(f"{units}: not found; {exp_dir} must be a fine-tuned CTC experiment dir (sslseq train)")
-    tokenizer = CharTokenizer.from_file(units)
-    data = load_data_dir(data_dir)
-    if not data.utts:
-        raise SslseqError(f"{data_dir}/wav.scp: no utterances to decode")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise SslseqError(f"--device {device!r} is not a valid torch device: {e}") from None
-    model = load_model(exp_dir).to(dev).eval()
-
-    batches = make_batches(data.utts, data.utt2dur, batch_seconds)
     hyps: dict[str, str] = {}
-    audio_seconds = 0.0
-    compute_seconds = 0.0  # model + search only, so the RTF does not depend on disk speed
-    start = time.perf_counter()
-    log.info("decoding %d utterance(s) of %s in %d batch(es) with %s (%s)", len(data.utts), data_dir,
-             len(batches), exp_dir, "greedy" if beam == 1 else f"prefix beam search, beam {beam}")
+    audio_seconds = compute_seconds = 0.0  # model + search only, so the RTF does not depend on disk speed
     with torch.inference_mode():
-        for batch in progress(batches, desc="decode", unit="batch"):
+        for batch in progress(make_batches(utts, data.utt2dur, batch_seconds), desc=desc, unit="batch"):
             waves = [
                 read_audio(data.wav[u], allow_pipes=allow_pipes, where=f"{data_dir / 'wav.scp'}: {u}") for u in batch
             ]
@@ -136,7 +98,108 @@ def decode_data_dir(
             compute_seconds += time.perf_counter() - t0
             for u, seq in zip(batch, ids):
                 hyps[u] = tokenizer.decode(seq)
+    return hyps, audio_seconds, compute_seconds
+
+
+def _part_id(exp_dir: Path, data_dir: Path, beam: int) -> str:
+    """What a decoded part depends on: the model file, the utterance list and the search."""
+    h = hashlib.sha256(f"beam={beam}\n".encode())
+    for path in (exp_dir / "model.safetensors", exp_dir / "units.txt", exp_dir / "config.yaml"):
+        if not path.is_file():
+            continue
+        st = path.stat()
+        h.update(f"{path.name} {st.st_size} {st.st_mtime_ns}\n".encode())
+    h.update((data_dir / "wav.scp").read_bytes())
+    return h.hexdigest()[:20]
+
+
+def decode_data_dir(
+    exp_dir: Path,
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    device: str = "cpu",
+    batch_seconds: float = 200.0,
+    beam: int = 1,
+    allow_pipes: bool = False,
+    nj: int = 1,
+    rank: int | None = None,
+) -> ScoreResult | None:
+    """Decode every utterance of ``data_dir`` with the CTC model of ``exp_dir``.
+
+    ``beam`` 1 is greedy decoding, larger values CTC prefix beam search. Writes
+    ``out_dir/hyp.txt`` and ``out_dir/decode.yaml``; when the data dir has a ``text``
+    file also scores (``wer``, ``wer.yaml``, ``errs``) and returns the result.
+    With ``nj`` > 1 the utterances are split into ``nj`` contiguous blocks: ``rank`` R decodes
+    block R into ``out_dir/parts/R_nj.yaml`` (atomically; a finished part of the same model and
+    data is kept), and the call without ``rank`` decodes the parts still missing, then joins
+    them into ``hyp.txt`` and scores.
+    """
+    from sslseq.data.kaldi import load_data_dir
+    from sslseq.data.text import CharTokenizer
+    from sslseq.features.store import shard_bounds, shard_name
+    from sslseq.models import load as load_model
+
+    exp_dir, data_dir, out_dir = Path(exp_dir), Path(data_dir), Path(out_dir)
+    if beam < 1:
+        raise SslseqError(f"beam must be >= 1 (1 = greedy), got {beam}")
+    if nj < 1:
+        raise SslseqError(f"--nj must be >= 1, got {nj}")
+    units = exp_dir / "units.txt"
+    if not units.is_file():
+        raise SslseqError(f"{units}: not found; {exp_dir} must be a fine-tuned CTC experiment dir (sslseq train)")
+    tokenizer = CharTokenizer.from_file(units)
+    data = load_data_dir(data_dir)
+    if not data.utts:
+        raise SslseqError(f"{data_dir}/wav.scp: no utterances to decode")
+    ranks = [rank] if rank is not None else list(range(nj))
+    for r in ranks:
+        shard_bounds(len(data.utts), nj, r)  # validates the rank
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise SslseqError(f"--device {device!r} is not a valid torch device: {e}") from None
+
+    part_id = _part_id(exp_dir, data_dir, beam)
+    parts_dir = out_dir / "parts"
+
+    def part_path(r: int) -> Path:
+        return parts_dir / f"{shard_name(r, nj)}.yaml"
+
+    def part_done(r: int) -> bool:
+        path = part_path(r)
+        return path.is_file() and (yaml.safe_load(path.read_text()) or {}).get("id") == part_id
+
+    todo = ranks if nj == 1 else [r for r in ranks if not part_done(r)]
+    model = None
+    if todo:
+        model = load_model(exp_dir).to(dev).eval()
+        log.info("decoding %s with %s (%s)%s", data_dir, exp_dir, "greedy" if beam == 1 else f"prefix beam search, beam {beam}",
+                 "" if nj == 1 else f": block(s) {', '.join(map(str, todo))} of {nj}")
+    start = time.perf_counter()
+    results: dict[int, dict] = {}
+    for r in todo:
+        lo, hi = shard_bounds(len(data.utts), nj, r)
+        hyps, audio_s, compute_s = _decode_utts(
+            model, tokenizer, data, data.utts[lo:hi], exp_dir=exp_dir, units=units, data_dir=data_dir, dev=dev,
+            batch_seconds=batch_seconds, beam=beam, allow_pipes=allow_pipes,
+            desc="decode" if nj == 1 else f"decode {shard_name(r, nj)}",
+        )
+        results[r] = {"id": part_id, "audio_seconds": audio_s, "compute_seconds": compute_s,
+                      "hyps": [[u, hyps[u]] for u in data.utts[lo:hi]]}
+        if nj > 1:
+            atomic_write_text(part_path(r), yaml.safe_dump(results[r], sort_keys=False, allow_unicode=True))
+    if rank is not None and nj > 1:
+        return None  # one block; the call without --rank joins the parts
+    for r in ranks:
+        if r not in results:
+            results[r] = yaml.safe_load(part_path(r).read_text())
     wall = time.perf_counter() - start
+    hyps = {u: h for r in ranks for u, h in results[r]["hyps"]}
+    audio_seconds = sum(results[r]["audio_seconds"] for r in ranks)
+    compute_seconds = sum(results[r]["compute_seconds"] for r in ranks)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     hyp_path = out_dir / "hyp.txt"
@@ -146,6 +209,7 @@ def decode_data_dir(
         "data_dir": str(data_dir),
         "beam": beam,
         "device": str(dev),
+        "nj": nj,
         "torch_threads": torch.get_num_threads(),
         "host": platform.node(),
         "n_utts": len(data.utts),
@@ -153,11 +217,10 @@ def decode_data_dir(
         "wall_seconds": round(wall, 3),
         "compute_seconds": round(compute_seconds, 3),
         "rtf": round(compute_seconds / audio_seconds, 6) if audio_seconds > 0 else None,
-        "rtf_wall": round(wall / audio_seconds, 6) if audio_seconds > 0 else None,
+        "rtf_wall": round(wall / audio_seconds, 6) if audio_seconds > 0 and nj == 1 else None,
     }
     atomic_write_text(out_dir / "decode.yaml", yaml.safe_dump(info, sort_keys=False))
-    log.info("decoded %.1f s of audio in %.1f s (RTF %.4f); hypotheses in %s",
-             audio_seconds, wall, info["rtf"] or 0.0, hyp_path)
+    log.info("decoded %.1f s of audio (RTF %.4f); hypotheses in %s", audio_seconds, info["rtf"] or 0.0, hyp_path)
 
     if not data.text:
         log.info("%s has no text file: not scoring", data_dir)
