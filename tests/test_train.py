@@ -151,6 +151,10 @@ def test_loss_decreases_and_outputs(tmp_path, tones):
     assert torch.equal(weights["head.weight"], model.head.weight.detach())
     dirs = ckpt.step_dirs(out / "checkpoints")
     assert [s for s, _ in dirs] == [20, 30]  # keep_last 2
+    best = yaml.safe_load((out / "checkpoints" / "best" / "best.yaml").read_text())  # ... and the best
+    best_rec = min(valid, key=lambda r: r["valid_loss"])
+    assert best == {"metric": "valid_loss", "value": best_rec["valid_loss"], "step": best_rec["step"]}
+    assert (out / "checkpoints" / "best" / "model.safetensors").is_file() and summary["best"] == best
     state = torch.load(dirs[-1][1] / ckpt.STATE, weights_only=True)
     assert state["step"] == 30 and "optimizer" in state and "rng" in state
     assert any((out / "tensorboard").iterdir())
@@ -309,3 +313,18 @@ def test_hubert_then_ctc_on_tiny_corpus(tmp_path, tiny_data):
     assert 0.0 <= valid["valid_cer"] and 0.0 <= valid["valid_wer"]
     scratch = train_from_config(CONF / "ctc_tiny.yaml", [f"out_dir={tmp_path / 'scratch'}", "init=none", *ctc_over])
     assert load(scratch).cfg.vocab_size == 29
+
+
+def test_best_checkpoint_replaced_atomically_and_restored_after_a_kill(tmp_path):
+    root = tmp_path / "checkpoints"
+    m = FrameClassifier()
+    ckpt.save_best(root, m, {"metric": "valid_loss", "value": 2.0, "step": 10})
+    ckpt.save_best(root, m, {"metric": "valid_loss", "value": 1.0, "step": 20})
+    assert yaml.safe_load((root / "best" / "best.yaml").read_text())["step"] == 20
+    assert sorted(p.name for p in root.iterdir()) == ["best"]  # no temp or old dirs left
+    # killed between moving the old best aside and moving the new one in: the old one comes back
+    (root / "best").rename(root / ".old_best_123")
+    (root / ".tmp_best_x").mkdir()
+    ckpt.remove_partial(root)
+    assert sorted(p.name for p in root.iterdir()) == ["best"]
+    assert yaml.safe_load((root / "best" / "best.yaml").read_text())["step"] == 20

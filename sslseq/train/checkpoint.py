@@ -26,6 +26,7 @@ log = get_logger(__name__)
 
 WEIGHTS = "model.safetensors"
 STATE = "trainer_state.pt"
+BEST = "best"  # the model of the best validation so far
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
@@ -109,11 +110,14 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
 
 
 def remove_partial(root: str | os.PathLike) -> None:
-    """Delete temp dirs a killed save left behind."""
+    """Delete temp dirs a killed save left behind (a kill between the two renames of
+    ``save_best`` leaves the previous best as ``.old_best_*``: it is put back)."""
     root = Path(root)
     if root.is_dir():
         for p in root.iterdir():
-            if p.name.startswith(".tmp_step_"):
+            if p.name.startswith(".old_best_") and not (root / BEST).exists():
+                os.replace(p, root / BEST)
+            elif p.name.startswith((".tmp_step_", ".tmp_best_", ".old_best_")):
                 shutil.rmtree(p, ignore_errors=True)
 
 
@@ -136,6 +140,28 @@ def save_checkpoint(
             shutil.rmtree(tmp, ignore_errors=True)
     for _, old in step_dirs(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def save_best(root: str | os.PathLike, model: torch.nn.Module, info: dict[str, Any]) -> Path:
+    """Replace ``root/best`` with the model's weights and ``best.yaml`` (metric, value, step), atomically."""
+    import yaml
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / BEST
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp_best_", dir=root))
+    try:
+        save_weights(model, tmp / WEIGHTS)
+        (tmp / "best.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+        old = root / f".old_best_{os.getpid()}"
+        if final.exists():
+            os.replace(final, old)  # a directory cannot replace a non-empty one in one rename
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -556,11 +556,23 @@ class Trainer:
         best = self.stats.get("best_valid_loss")
         if best is None or result["valid_loss"] < best:
             self.stats["best_valid_loss"] = result["valid_loss"]
+        self._keep_if_best(result)
         self.stats["last_valid"] = result
         self._log({"step": self.step, "epoch": self.epoch, **result})
         log.info(
             "step %d: %s (%.1f s)", self.step, ", ".join(f"{k} {v:.4f}" for k, v in result.items()), time.time() - t0
         )
+
+    def _keep_if_best(self, result: dict[str, float]) -> None:
+        """Keep the model of the best validation so far in ``checkpoints/best/`` (by dev WER for
+        CTC, dev loss otherwise; lower is better), besides the newest ``keep_last`` checkpoints."""
+        metric = "valid_wer" if "valid_wer" in result else "valid_loss"
+        best = self.stats.get("best")
+        if best is not None and best["metric"] == metric and result[metric] >= best["value"]:
+            return
+        self.stats["best"] = {"metric": metric, "value": float(result[metric]), "step": self.step}
+        if self.is_main:
+            ckpt.save_best(self.ckpt_dir, self.unwrapped, self.stats["best"])
 
     # ------------------------------------------------------------ main loop
     def fit(self, stop_at_step: int | None = None) -> Path:
@@ -647,6 +659,7 @@ class Trainer:
             "epochs": self.epoch,
             "final_train_loss": self.stats.get("last_train_loss"),
             "best_valid_loss": self.stats.get("best_valid_loss"),
+            "best": self.stats.get("best"),
             "final_valid": self.stats.get("last_valid"),
             "wall_time_s": round(wall, 2),
             "audio_hours_processed": round(self.stats.get("audio_seconds", 0.0) / 3600, 4),
