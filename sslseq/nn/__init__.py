@@ -1,1 +1,1 @@
-"""Shared building blocks: conv frontend, transformer layers, positional conv, span masking."""
+"""Shared building blocks: conv and fbank frontends, transformer and conformer layers, positional conv, span masking."""
