@@ -75,3 +75,49 @@ def test_two_processes_equal_one_with_twice_the_accumulation(tmp_path):
     # the weights moved: the comparison is not between two untouched initialisations
     init = torch.load(next((one / "checkpoints").glob("step_*")) / "trainer_state.pt", weights_only=True)
     assert init["step"] == 3
+
+
+def _quantizer_worker(rank: int, world: int, port: int, out: str) -> None:
+    """One process's half of the frames through the quantizer; its diversity loss as the
+    wav2vec 2.0 objective scales it (× its frame count), gradients summed over processes."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        qz, x = _quantizer_case()
+        part = x.chunk(world, dim=1)[rank]
+        q = qz(part)
+        loss = (q.num_vars - q.prob_perplexity) / q.num_vars * part.shape[1]
+        loss.backward()
+        grads = [p.grad.clone() for p in qz.parameters() if p.grad is not None]
+        for g in grads:
+            dist.all_reduce(g)
+        if rank == 0:
+            torch.save({"prob_ppl": q.prob_perplexity.detach(), "code_ppl": q.code_perplexity, "grads": grads}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _quantizer_case():
+    from sslseq.objectives.quantizer import GumbelVectorQuantizer
+
+    torch.manual_seed(0)
+    qz = GumbelVectorQuantizer(12, num_vars=8, groups=2, vq_dim=8).eval()  # eval: no Gumbel noise
+    x = torch.randn(1, 40, 12)
+    return qz, x
+
+
+def test_quantizer_diversity_statistics_are_summed_over_processes(tmp_path):
+    qz, x = _quantizer_case()
+    q = qz(x)
+    ((q.num_vars - q.prob_perplexity) / q.num_vars * x.shape[1]).backward()
+    ref = [p.grad for p in qz.parameters() if p.grad is not None]
+    out = tmp_path / "rank0.pt"
+    torch.multiprocessing.spawn(_quantizer_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    got = torch.load(out, weights_only=True)
+    # the perplexities describe all 40 frames, not one process's 20
+    torch.testing.assert_close(got["prob_ppl"], q.prob_perplexity.detach())
+    torch.testing.assert_close(got["code_ppl"], q.code_perplexity)
+    assert len(got["grads"]) == len(ref)
+    for g, r in zip(got["grads"], ref):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)

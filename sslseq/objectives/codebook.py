@@ -16,9 +16,10 @@ codebooks and the result does not depend on how the batch was split.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from sslseq.objectives.collective import sum_over_processes
 
 __all__ = ["OnlineCodebooks", "codeword_perplexity"]
 
@@ -82,10 +83,8 @@ class OnlineCodebooks(nn.Module):
         onehot = F.one_hot(ids, V).to(torch.float32)  # (G, N, V)
         batch_sums = torch.bmm(onehot.transpose(1, 2), z.float())  # (G, V, D)
         batch_counts = onehot.sum(dim=1)  # (G, V)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            stats = torch.cat([batch_sums, batch_counts[..., None]], dim=-1)  # one collective
-            dist.all_reduce(stats, op=dist.ReduceOp.SUM)
-            batch_sums, batch_counts = stats[..., :D], stats[..., D]
+        stats = sum_over_processes(torch.cat([batch_sums, batch_counts[..., None]], dim=-1))  # one collective
+        batch_sums, batch_counts = stats[..., :D], stats[..., D]
         hit = batch_counts > 0
         tau = torch.where(hit, torch.full_like(batch_counts, self.decay), torch.ones_like(batch_counts))
         self.counts.copy_(tau * self.counts + (1.0 - tau) * batch_counts)

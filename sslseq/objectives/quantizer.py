@@ -15,6 +15,7 @@ from torch import nn
 
 from sslseq.kernels import gumbel_quantize
 from sslseq.kernels.rng import draw_seed
+from sslseq.objectives.collective import sum_over_processes
 
 __all__ = ["GumbelVectorQuantizer", "QuantizerOutput", "perplexity"]
 
@@ -89,9 +90,11 @@ class GumbelVectorQuantizer(nn.Module):
         logits = self.weight_proj(x.reshape(-1, C)).view(-1, G, V)  # (N, G, V)
         valid = None if padding_mask is None else ~padding_mask.reshape(-1).to(logits.device)
         if valid is None:
-            n_valid = torch.tensor(float(max(B * T, 1)), device=logits.device)
+            n_local = torch.tensor(float(B * T), device=logits.device)
         else:
-            n_valid = valid.sum().float().clamp(min=1.0)
+            n_local = valid.sum().float()
+        # Code usage is a statistic of the whole batch: summed over data-parallel processes.
+        n_valid = sum_over_processes(n_local).clamp(min=1.0)
 
         with torch.no_grad():
             hard_idx = logits.argmax(dim=-1)  # (N, G)
@@ -101,7 +104,7 @@ class GumbelVectorQuantizer(nn.Module):
             if valid is not None:
                 weights = weights.view(-1, G).mul(valid[:, None].float()).reshape(-1)
             counts = torch.zeros(G * V, dtype=torch.float32, device=logits.device).scatter_add_(0, bins, weights)
-            code_ppl_groups = perplexity(counts.view(G, V) / n_valid)
+            code_ppl_groups = perplexity(sum_over_processes(counts).view(G, V) / n_valid)
 
         book = self.codebook()
         fused_mean = None
@@ -117,14 +120,15 @@ class GumbelVectorQuantizer(nn.Module):
             idx = hard_idx
             q = book[torch.arange(G, device=idx.device), idx]  # (N, G, d) index gather
         if fused_mean is not None and valid is None:
-            avg_probs = fused_mean  # mean softmax over all rows, already computed by the kernel
+            sum_probs = fused_mean * n_local  # mean softmax over all rows, already computed by the kernel
         else:
             # Softmax in at least fp32 (fairseq casts half-precision logits up); padding left out.
             wide = logits if logits.dtype == torch.float64 else logits.float()
             probs = torch.softmax(wide, dim=-1)
             if valid is not None:
                 probs = probs * valid[:, None, None].to(probs.dtype)
-            avg_probs = probs.sum(dim=0) / n_valid  # (G, V)
+            sum_probs = probs.sum(dim=0)
+        avg_probs = sum_over_processes(sum_probs, grad=True) / n_valid  # (G, V)
         prob_ppl = perplexity(avg_probs).sum()
         return QuantizerOutput(
             x=q.reshape(B, T, -1),
