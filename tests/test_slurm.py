@@ -7,7 +7,8 @@ Two layers:
   argument quoting, the failure listing, reruns of failed ranks only, polling and cancelling.
 - against a real single-node Slurm started by tools/slurm/start_local_slurm.sh (needs root and
   Debian's slurmctld, slurmd, slurm-client and munge: ``bash tools/install.sh --test`` installs
-  them as root): a rank that fails, its rerun, and the recipe's --nj feature stage.
+  them as root): a rank that fails and its rerun, a cancelled task, GPU requests (two stand-in
+  GPUs), and the recipe's --nj stages 2 (features) and 3 (k-means labels) through Slurm.
 """
 
 from __future__ import annotations
@@ -390,10 +391,10 @@ def test_real_slurm_gives_each_rank_the_gpus_it_asks_for(real_slurm, tmp_path):
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("bible") is None,
                     reason="espeak-ng and bible-kjv are needed to synthesize the corpus (bash tools/install.sh)")
-def test_real_slurm_runs_the_recipe_feature_stage(real_slurm, tmp_path):
+def test_real_slurm_runs_the_recipe_feature_and_label_stages(real_slurm, tmp_path):
     env = {**real_slurm, "SSLSEQ_NO_PROGRESS": "1"}
     r = subprocess.run(["bash", str(ROOT / "egs/synth_en/run.sh"), "--tiny", "true", "--cmd", "slurm", "--nj", "2",
-                        "--stage", "0", "--stop-stage", "2", "--workdir", str(tmp_path)],
+                        "--stage", "0", "--stop-stage", "3", "--workdir", str(tmp_path)],
                        env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-6000:]
     for subset in ("train", "dev", "test"):
@@ -403,5 +404,10 @@ def test_real_slurm_runs_the_recipe_feature_stage(real_slurm, tmp_path):
         for rank in range(2):
             log = (out / f"log/dump.{rank}.log").read_text()
             assert "(Slurm job " in log and "rc=0" in log, log
-            assert (out / f"0_2.npy").exists() and (out / f"log/dump.{rank}.log.ok").exists()
-    assert r.stderr.count("as Slurm job array") == 3
+            assert (out / f"{rank}_2.npy").exists() and (out / f"log/dump.{rank}.log.ok").exists()
+        labels = tmp_path / "dump/labels/mfcc_k20"  # stage 3: k-means labelling in --nj blocks
+        assert (labels / f"{subset}.km").exists()
+        for rank in range(2):
+            log = (labels / f"log/label_{subset}.{rank}.log").read_text()
+            assert "(Slurm job " in log and "rc=0" in log, log
+    assert r.stderr.count("as Slurm job array") == 6  # 3 sets x (features, labels)
