@@ -52,6 +52,12 @@ def test_padding_lower_than_random_batching():
     bucketed = s.padding_ratio(0)
     assert bucketed < 0.1
     assert bucketed < padding_ratio(random_batches, d) / 3
+    # bucket_batches=0 turns bucketing off: random batches, every utterance once, much more padding
+    off = LengthBucketBatchSampler(d, 40.0, seed=0, bucket_batches=0)
+    assert sorted(i for b in off.batches(0) for i in b) == list(range(len(d)))
+    assert off.padding_ratio(0) > 3 * bucketed
+    with pytest.raises(SslseqError, match="bucket_batches must be >= 0"):
+        LengthBucketBatchSampler(d, 40.0, bucket_batches=-1)
 
 
 def test_resume_position_and_shards():

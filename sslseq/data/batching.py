@@ -51,7 +51,7 @@ class LengthBucketBatchSampler:
     """Batches of utterance indices by total padded seconds, deterministic for (seed, epoch).
 
     Items are sorted by duration (random tie-break) and cut into buckets of about
-    ``bucket_batches`` batches' worth of audio; with ``shuffle`` the items of each bucket are
+    ``bucket_batches`` batches' worth of audio (0: no buckets, batches of random utterances); with ``shuffle`` the items of each bucket are
     shuffled before batching (new batch compositions each epoch at little padding cost) and
     the batch order is shuffled. ``num_shards``/``shard_id`` give each distributed rank
     every ``num_shards``-th batch (the tail that does not divide evenly is dropped, so all
@@ -81,7 +81,9 @@ class LengthBucketBatchSampler:
         self.shuffle = shuffle
         self.seed = int(seed)
         self.epoch = int(epoch)
-        self.bucket_batches = max(1, int(bucket_batches))
+        if bucket_batches < 0:
+            raise SslseqError(f"bucket_batches must be >= 0 (0: no length buckets), got {bucket_batches}")
+        self.bucket_batches = int(bucket_batches)
         self.num_shards = num_shards
         self.shard_id = shard_id
         self.batch_index = 0  # next batch __iter__ yields in self.epoch
@@ -95,6 +97,8 @@ class LengthBucketBatchSampler:
         order = np.lexsort((rng.permutation(len(d)), d))  # by duration, random ties
         if not self.shuffle:
             return greedy_batches(order, d, self.max_batch_seconds)
+        if self.bucket_batches == 0:  # no buckets: utterances of any length share a batch
+            return greedy_batches(rng.permutation(len(d)), d, self.max_batch_seconds)
         batches: list[list[int]] = []
         bucket_seconds = self.bucket_batches * self.max_batch_seconds
         start, total = 0, 0.0

@@ -193,6 +193,7 @@ class Trainer:
             d.max_batch_seconds,
             shuffle=True,
             seed=cfg.seed,
+            bucket_batches=d.bucket_batches,
             num_shards=acc.num_processes,
             shard_id=acc.process_index,
         )
