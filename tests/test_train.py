@@ -328,3 +328,17 @@ def test_best_checkpoint_replaced_atomically_and_restored_after_a_kill(tmp_path)
     ckpt.remove_partial(root)
     assert sorted(p.name for p in root.iterdir()) == ["best"]
     assert yaml.safe_load((root / "best" / "best.yaml").read_text())["step"] == 20
+
+
+def test_torch_compile_trains_like_eager(tmp_path, tones):
+    """compile=true: the same losses as eager execution (to float tolerance), on the CPU's
+    inductor backend; precision=auto is fp32 on the CPU."""
+    from sslseq.train.trainer import resolve_precision
+
+    assert resolve_precision("auto", cpu=True) == "fp32" and resolve_precision("bf16", cpu=True) == "bf16"
+    over = ("optim.max_steps=3", "valid_interval=0", "precision=auto")
+    eager = Trainer(_cfg(tmp_path, tones, "eager", *over), model=FrameClassifier(dropout=0.0)).fit()
+    compiled = Trainer(_cfg(tmp_path, tones, "compiled", *over, "compile=true"), model=FrameClassifier(dropout=0.0)).fit()
+    le = [r["loss"] for r in _jsonl(eager) if "loss" in r]
+    lc = [r["loss"] for r in _jsonl(compiled) if "loss" in r]
+    assert len(le) == 3 and lc == pytest.approx(le, rel=1e-4)

@@ -16,7 +16,7 @@ from sslseq.train.schedule import SCHEDULES
 from sslseq.utils import SslseqError
 
 TASKS = ("pretrain", "ctc")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 @dataclass
@@ -61,7 +61,8 @@ class TrainConfig:
     init: str | None = None  # ctc: pretrained experiment dir, or "none" for random init
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (GPU: bf16 where supported, else fp16 with loss scaling; CPU: fp32)
+    compile: bool = False  # torch.compile the model (dynamic shapes; the first steps compile)
     # DDP: parameters a step may leave without gradient (CTC's frozen encoder, an unused mask
     # embedding) need find_unused_parameters; None: true for CTC, false otherwise (it costs a
     # graph traversal per step).
@@ -160,7 +161,8 @@ def check_train_config(cfg: TrainConfig, where: str = "config") -> None:
 
 
 # Keys that do not change the trained model: a run may resume with them changed.
-_NON_SEMANTIC = {("data", "num_workers"), ("log_interval",), ("keep_last",), ("device",), ("save_interval",)}
+_NON_SEMANTIC = {("data", "num_workers"), ("log_interval",), ("keep_last",), ("device",), ("save_interval",),
+                 ("compile",), ("find_unused_parameters",)}
 
 
 def semantic_dict(cfg: TrainConfig) -> dict[str, Any]:

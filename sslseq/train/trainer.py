@@ -85,6 +85,17 @@ def model_config_dict(model: torch.nn.Module, fallback: dict[str, Any]) -> dict[
     return json.loads(json.dumps(d, default=list))  # tuples -> lists: plain YAML
 
 
+def resolve_precision(precision: str, cpu: bool) -> str:
+    """``auto``: bf16 on GPUs that support it, fp16 (with accelerate's loss scaler) on older
+    GPUs, fp32 on the CPU. The models keep CTC, the quantizer's softmax and the contrastive
+    logits in fp32 themselves."""
+    if precision != "auto":
+        return precision
+    if cpu:
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
 def _resolve_device(device: str) -> bool:
     """True to run on CPU."""
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -145,7 +156,7 @@ class Trainer:
         unused = cfg.task == "ctc" if cfg.find_unused_parameters is None else cfg.find_unused_parameters
         self.accelerator = Accelerator(
             cpu=cpu,
-            mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision],
+            mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(cfg.precision, cpu)],
             gradient_accumulation_steps=cfg.optim.update_freq,
             # CTC freezes the encoder for the first steps: its parameters then get no grads.
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
@@ -259,6 +270,9 @@ class Trainer:
         opt = torch.optim.AdamW(params, lr=lr_at(0, o), betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
         self.model, self.optimizer = self.accelerator.prepare(self.model, opt)
         self.unwrapped = self.accelerator.unwrap_model(self.model)
+        if self.cfg.compile:
+            # Utterance lengths vary per batch: dynamic shapes avoid a recompile for each new one.
+            self.model = torch.compile(self.model, dynamic=True)
 
     # ------------------------------------------------------------ state
     def _state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
