@@ -19,7 +19,8 @@ workdir=.              # where corpus/ data/ dump/ exp/ are written
 nj=2                   # parallel jobs for data-parallel stages
 cmd=local              # job runner for --nj stages: local | slurm (job options: conf/slurm.conf)
 device=auto            # cpu | cuda | auto
-ngpu=1                 # training processes on this machine (torchrun data parallel when > 1; CPU processes with --device cpu)
+ngpu=1                 # training processes per node (torchrun data parallel when > 1; CPU processes with --device cpu)
+num_nodes=1            # training nodes (needs --cmd slurm: one job of num_nodes x ngpu GPUs, torchrun on each node)
 tiny=false             # a tiny corpus and a few steps (tests: whole recipe in minutes)
 seed=0                 # random seed for the corpus, subsets, k-means and training
 hours=3                # audio to obtain (corpora that synthesize or choose a size)
@@ -78,10 +79,21 @@ pretrain_dir=exp/${pretrain_tag}
 ctc_tag=$(basename "$ctc_config" .yaml)_${labeled}
 steps_override() { [ -z "$1" ] || echo "optim.max_steps=$1"; }
 [[ "$ngpu" =~ ^[1-9][0-9]*$ ]] || die "--ngpu $ngpu: a positive number of processes is needed"
-# `sslseq train`, or the same verb under torchrun (gloo on CPU, NCCL on GPUs) for several processes.
-train_launcher=(sslseq)
-[ "$ngpu" -eq 1 ] || train_launcher=(torchrun --standalone --nproc-per-node "$ngpu" -m sslseq.cli)
-train() { timed "${train_launcher[@]}" train "$@"; }
+[[ "$num_nodes" =~ ^[1-9][0-9]*$ ]] || die "--num-nodes $num_nodes: a positive number of nodes is needed"
+[ "$num_nodes" -eq 1 ] || [ "$cmd" = slurm ] || die "--num-nodes $num_nodes needs --cmd slurm (srun starts torchrun on every node)"
+# Train into $1 with the config $2 (and overrides): `sslseq train` with $ngpu processes per node
+# (tools/launch_train.sh), here or as one Slurm job of $num_nodes nodes (GPUs unless --device cpu).
+train() {
+  local out=$1 config=$2; shift 2
+  local launch=("$root_dir/tools/launch_train.sh" "$ngpu" train "$config" out_dir="$out" "$@")
+  if [ "$cmd" = slurm ]; then
+    local gpus=$ngpu; [ "$device" != cpu ] || gpus=0
+    timed "$root_dir/tools/run_jobs.sh" --cmd slurm --nodes "$num_nodes" --gpu "$gpus" --cpus "$ngpu" \
+      JOB=0:0 "$out/log/train.log" "${launch[@]}"
+  else
+    timed "${launch[@]}"
+  fi
+}
 
 # HuBERT iteration $1 (>= 2): its settings from $iter_config and the names of what it writes.
 iteration() {
@@ -148,7 +160,7 @@ pretrain() {
   local config=$1 out=$2 labels=dump/labels/$3 opts
   opts="config=$(md5sum < "$config" | cut -c1-12) steps=$pretrain_steps tiny=$tiny seed=$seed labels=$(marker_id "$labels")"
   if stage_todo "$out" "$opts"; then
-    train "$config" out_dir="$out" seed="$seed" device="$device" \
+    train "$out" "$config" seed="$seed" device="$device" \
       data.train="data/$train_set" data.valid="data/$dev_set" \
       data.labels_train="$labels/$train_set.km" data.labels_valid="$labels/$dev_set.km" \
       $(steps_override "$pretrain_steps") "${tiny_overrides[@]}"
@@ -229,7 +241,7 @@ if run_stage 6; then
     init_id=none; [ "$init" = none ] || init_id=$(marker_id "$init")
     opts="config=$(md5sum < "$ctc_config" | cut -c1-12) steps=$ctc_steps tiny=$tiny seed=$seed init=$init_id data=$(marker_id "data/$labeled")"
     if stage_todo "$out" "$opts"; then
-      train "$ctc_config" out_dir="$out" init="$init" seed="$seed" device="$device" \
+      train "$out" "$ctc_config" init="$init" seed="$seed" device="$device" \
         data.train="data/$labeled" data.valid="data/$dev_set" $(steps_override "$ctc_steps") "${tiny_overrides[@]}"
       mark_done "$out" "$opts"
     fi

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_JOBS = ROOT / "tools" / "run_jobs.sh"
@@ -411,3 +412,49 @@ def test_real_slurm_runs_the_recipe_feature_and_label_stages(real_slurm, tmp_pat
             log = (labels / f"log/label_{subset}.{rank}.log").read_text()
             assert "(Slurm job " in log and "rc=0" in log, log
     assert r.stderr.count("as Slurm job array") == 6  # 3 sets x (features, labels)
+
+    # stage 4 as one Slurm job whose task runs torchrun with 2 (CPU) processes
+    r = subprocess.run(["bash", str(ROOT / "egs/synth_en/run.sh"), "--tiny", "true", "--cmd", "slurm", "--ngpu", "2",
+                        "--device", "cpu", "--pretrain-steps", "4", "--stage", "4", "--stop-stage", "4",
+                        "--workdir", str(tmp_path)], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-6000:]
+    pretrain = tmp_path / "exp/pretrain_hubert_tiny_mfcc_k20"
+    log = (pretrain / "log/train.log").read_text()
+    assert "(Slurm job " in log and "rc=0" in log and "launch_train.sh 2 train" in log, log[-3000:]
+    assert "#SBATCH --cpus-per-task=2" in (pretrain / "log/q/train.sh").read_text()
+    summary = yaml.safe_load((pretrain / "train_summary.yaml").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 4
+
+
+def test_nodes_option_asks_one_task_per_node(fake_slurm, tmp_path):
+    """--nodes N (multi-node training): one task per node; the command starts its processes."""
+    env, state = fake_slurm
+    conf = write_conf(tmp_path / "slurm.conf", poll_interval=0)
+    r = run(["--cmd", "slurm", "--config", conf, "--nodes", 4, "JOB=0:0", "log/train.log", "true"], tmp_path, env)
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "log/q/train.sh").read_text().splitlines()
+    assert "#SBATCH --nodes=4" in lines and "#SBATCH --ntasks-per-node=1" in lines
+    r = run(["--cmd", "slurm", "--config", conf, "--nodes", "two", "JOB=0:0", "log/x.log", "true"], tmp_path, env)
+    assert r.returncode == 1 and "nodes='two': a number is needed" in r.stderr, r.stderr
+
+
+def test_launch_train_on_several_nodes_starts_torchrun_on_each_through_srun(tmp_path):
+    """In a 2-node allocation tools/launch_train.sh runs `srun ... torchrun` with the rendezvous
+    on the first node (stand-in srun/scontrol record what they are given)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$OUT"\n')
+    (bin_dir / "scontrol").write_text('#!/bin/sh\nprintf "gpu-a\\ngpu-b\\n"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path / "argv"),
+           "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "gpu-[a-b]", "SLURM_JOB_ID": "77", "SSLSEQ_RDZV_PORT": "29611"}
+    r = subprocess.run(["bash", str(ROOT / "tools/launch_train.sh"), "8", "train", "c.yaml", "out_dir=exp/x"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "argv").read_text().split("\n")[:-1] == [
+        "--nodes", "2", "--ntasks-per-node", "1", "torchrun", "--nnodes", "2", "--nproc-per-node", "8",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", "gpu-a:29611", "--rdzv-id", "77",
+        "-m", "sslseq.cli", "train", "c.yaml", "out_dir=exp/x"]
+    r = subprocess.run(["bash", str(ROOT / "tools/launch_train.sh"), "0", "train"], capture_output=True, text=True)
+    assert r.returncode == 1 and "NPROC >= 1" in r.stderr

@@ -23,6 +23,8 @@
 #   --partition P  --mem M  --cpus N  --gpu N  --time T
 #                         override the config for this call (--gpu N requests --gres=gpu:N);
 #                         ignored by --cmd local.
+#   --nodes N             slurm: N nodes per task, one task per node (multi-node training:
+#                         the command starts its processes on every node itself, e.g. srun)
 # With --cmd slurm the batch script is written to LOGDIR/q/NAME.sh (resubmit it by hand with
 # sbatch --array=RANKS LOGDIR/q/NAME.sh), and Slurm's own messages for a task (time limit,
 # out of memory) land in the rank's log.
@@ -35,7 +37,7 @@ cmd=local max_parallel='' skip_done=true config=''
 declare -A over=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --cmd|--max-parallel|--skip-done|--config|--partition|--mem|--cpus|--gpu|--time)
+    --cmd|--max-parallel|--skip-done|--config|--partition|--mem|--cpus|--gpu|--time|--nodes)
       [ $# -ge 2 ] || die "option $1 needs a value"
       case "$1" in
         --cmd) cmd=$2 ;;
@@ -45,7 +47,7 @@ while [ $# -gt 0 ]; do
         *) over[${1#--}]=$2 ;;
       esac
       shift 2 ;;
-    --*) die "unknown option $1 (options: --cmd --max-parallel --skip-done --config --partition --mem --cpus --gpu --time)" ;;
+    --*) die "unknown option $1 (options: --cmd --max-parallel --skip-done --config --partition --mem --cpus --gpu --time --nodes)" ;;
     *) break ;;
   esac
 done
@@ -161,10 +163,10 @@ while IFS= read -r line || [ -n "$line" ]; do
   esac
 done < "$config"
 for key in "${!over[@]}"; do conf[$key]=${over[$key]}; done
-for key in partition mem cpus gpu time poll_interval log_wait; do
+for key in partition mem cpus gpu time poll_interval log_wait nodes; do
   [[ "${conf[$key]:-}" != *[[:space:]]* ]] || die "slurm option $key='${conf[$key]}' contains whitespace"
 done
-for key in cpus gpu log_wait; do
+for key in cpus gpu log_wait nodes; do
   [ -z "${conf[$key]:-}" ] || [[ "${conf[$key]}" =~ ^[0-9]+$ ]] || die "slurm option $key='${conf[$key]}': a number is needed"
 done
 [[ "${conf[poll_interval]}" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "slurm option poll_interval='${conf[poll_interval]}': seconds are needed"
@@ -176,6 +178,7 @@ sbatch_opts=()
 [ -z "${conf[cpus]:-}" ] || sbatch_opts+=("--cpus-per-task=${conf[cpus]}")
 [ -z "${conf[gpu]:-}" ] || [ "${conf[gpu]}" = 0 ] || sbatch_opts+=("--gres=gpu:${conf[gpu]}")
 [ -z "${conf[time]:-}" ] || sbatch_opts+=("--time=${conf[time]}")
+[ -z "${conf[nodes]:-}" ] || [ "${conf[nodes]}" = 1 ] || sbatch_opts+=("--nodes=${conf[nodes]}" "--ntasks-per-node=1")
 read -r -a extra <<< "${conf[extra]:-}"
 sbatch_opts+=("${extra[@]}")
 
