@@ -57,14 +57,25 @@ def _run(cmd: list[str]) -> None:
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stderr[-5000:]}"
 
 
-def test_two_processes_equal_one_with_twice_the_accumulation(tmp_path):
+LAUNCHERS = {
+    "torchrun": lambda port: [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                              "--master-addr", "127.0.0.1", "--master-port", str(port)],
+    # accelerate's multi-process launch; with the CPU device the trainer asks for, it uses gloo
+    "accelerate": lambda port: [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                                "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                                "--main_process_port", str(port)],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_equal_one_with_twice_the_accumulation(tmp_path, launcher):
     train, km = _tone_corpus(tmp_path / "train", 16, seed=0)
     cfg = _config(tmp_path, train, km)
     one, two = tmp_path / "ws1", tmp_path / "ws2"
     _run([sys.executable, "-m", "sslseq.cli", "train", str(cfg), f"out_dir={one}", "optim.update_freq=2"])
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-          "--master-port", str(_free_port()), "-m", "sslseq.cli", "train", str(cfg), f"out_dir={two}",
+    _run([*LAUNCHERS[launcher](_free_port()), "-m", "sslseq.cli", "train", str(cfg), f"out_dir={two}",
           "optim.update_freq=1"])
+    assert yaml.safe_load((two / "train_summary.yaml").read_text())["processes"] == 2
     l1, l2 = _losses(one), _losses(two)
     assert len(l1) == len(l2) == 3
     assert l1 == pytest.approx(l2, rel=1e-5)
