@@ -33,14 +33,12 @@ from torch import nn
 from sslseq.models import ModelOutput
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.objectives.codebook import OnlineCodebooks, codeword_perplexity
-from sslseq.utils import SslseqError, get_logger
+from sslseq.objectives.quantizer import codebook_use
+from sslseq.utils import SslseqError
 
 __all__ = ["DinoSREncoderConfig", "DinoSRConfig", "DinoSR", "ema_decay_at", "instance_norm_valid"]
 
-log = get_logger(__name__)
 
-# Low codebook use is warned about at most once per this many updates.
-_PPL_WARN_EVERY = 1000
 
 
 @dataclass
@@ -121,7 +119,6 @@ class DinoSR(nn.Module):
         # from a checkpoint never averages the same student twice.
         self.register_buffer("teacher_step", torch.zeros((), dtype=torch.long))
         self.num_updates = 0
-        self._last_ppl_warning: int | None = None
 
     # ------------------------------------------------------------------ teacher
     def train(self, mode: bool = True) -> "DinoSR":
@@ -211,27 +208,8 @@ class DinoSR(nn.Module):
             for g in range(k):
                 logs[f"acc_l{first + g}"] = float(acc[g])
                 logs[f"code_ppl_l{first + g}"] = float(ppl[g])
-            self._check_codebook_use(ppl, n, first)
+            logs["codebook_use"] = codebook_use(ppl, V, n)
         return ModelOutput(loss, n, logs)
-
-    def _check_codebook_use(self, ppl: torch.Tensor, n_frames: int, first: int) -> None:
-        """Warn (rate-limited) when a codebook's targets use few codewords: the targets carry
-        little information then (collapsed teacher, or codewords that never get hit)."""
-        if not self.training:
-            return
-        bound = min(self.cfg.codebook_size, n_frames)  # a batch cannot use more codewords than frames
-        low = [(first + g, float(p)) for g, p in enumerate(ppl.tolist()) if p < 0.1 * bound]
-        if not low:
-            return
-        last = self._last_ppl_warning
-        if last is not None and self.num_updates - last < _PPL_WARN_EVERY:
-            return
-        self._last_ppl_warning = self.num_updates
-        log.warning(
-            "update %d: codeword perplexity below 10%% of its maximum here (%d) for teacher layer(s) %s; the "
-            "targets are collapsing (check the teacher's EMA decay, model.codebook_decay and the learning rate)",
-            self.num_updates, bound, ", ".join(f"{layer}: {p:.1f}" for layer, p in low),
-        )
 
     def extract_features(self, wav: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         return self.encoder.extract_features(wav, wav_lens)

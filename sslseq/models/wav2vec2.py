@@ -21,15 +21,11 @@ from torch import nn
 from sslseq.models import ModelOutput
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.objectives.contrastive import contrastive_loss, sample_negatives
-from sslseq.objectives.quantizer import GumbelVectorQuantizer
-from sslseq.utils import SslseqError, get_logger
+from sslseq.objectives.quantizer import GumbelVectorQuantizer, codebook_use
+from sslseq.utils import SslseqError
 
 __all__ = ["Wav2Vec2EncoderConfig", "Wav2Vec2Config", "Wav2Vec2"]
 
-log = get_logger(__name__)
-
-# Low codebook use is warned about at most once per this many updates.
-_PPL_WARN_EVERY = 1000
 
 
 @dataclass
@@ -91,7 +87,6 @@ class Wav2Vec2(nn.Module):
             self.project_q = nn.Linear(C, final_dim)
         self.final_proj = nn.Linear(D, final_dim)
         self.num_updates = 0
-        self._last_ppl_warning: int | None = None
 
     def set_num_updates(self, step: int) -> None:
         """Called once per optimizer step: anneals the Gumbel temperature."""
@@ -133,10 +128,11 @@ class Wav2Vec2(nn.Module):
         with torch.no_grad():
             K = neg_idx.size(1)
             per = float(loss.detach()) / n
+            contrastive = float(loss_c.detach()) / n
             logs.update(
                 loss=per,
-                loss_bits=per / math.log(2),
-                contrastive=float(loss_c.detach()) / n,
+                contrastive=contrastive,
+                loss_bits=contrastive / math.log(2),  # the contrastive task, judged against chance
                 chance_bits=math.log2(K + 1),
                 acc=float(n_correct) / n,
             )
@@ -149,25 +145,8 @@ class Wav2Vec2(nn.Module):
                 )
                 for g, ppl in enumerate(q.code_perplexity_groups.tolist()):
                     logs[f"code_perplexity_g{g}"] = ppl
-                self._check_codebook_use(logs["code_perplexity"], q.num_vars, n)
+                logs["codebook_use"] = codebook_use(q.code_perplexity_groups, cfg.latent_vars, n)
         return ModelOutput(loss, n, logs)
-
-    def _check_codebook_use(self, code_ppl: float, num_vars: int, n_frames: int) -> None:
-        """Warn (rate-limited) when few codes are in use: the contrastive task then degenerates."""
-        # A group cannot use more codes than there are frames: judge small batches by that bound.
-        groups = self.quantizer.groups
-        bound = groups * min(num_vars // groups, max(n_frames, 1))
-        if not self.training or code_ppl >= 0.1 * bound:
-            return
-        last = self._last_ppl_warning
-        if last is not None and self.num_updates - last < _PPL_WARN_EVERY:
-            return
-        self._last_ppl_warning = self.num_updates
-        log.warning(
-            "update %d: code perplexity %.1f is below 10%% of its maximum here (%d); the codebook is "
-            "collapsing (raise model.diversity_weight or lower the learning rate)",
-            self.num_updates, code_ppl, bound,
-        )
 
     def extract_features(self, wav: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         return self.encoder.extract_features(wav, wav_lens)

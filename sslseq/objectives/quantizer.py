@@ -17,7 +17,7 @@ from sslseq.kernels import gumbel_quantize
 from sslseq.kernels.rng import draw_seed
 from sslseq.objectives.collective import sum_over_processes
 
-__all__ = ["GumbelVectorQuantizer", "QuantizerOutput", "perplexity"]
+__all__ = ["GumbelVectorQuantizer", "QuantizerOutput", "perplexity", "codebook_use"]
 
 
 class QuantizerOutput(NamedTuple):
@@ -28,6 +28,13 @@ class QuantizerOutput(NamedTuple):
     num_vars: int  # G * V (fairseq's ``num_vars`` in the diversity loss)
     temp: float  # current Gumbel temperature
     code_perplexity_groups: torch.Tensor  # (G,) per-group hard-code perplexity
+
+
+def codebook_use(perplexities: torch.Tensor, codebook_size: int, n_frames: int) -> float:
+    """How much of its codebooks a batch uses: the smallest perplexity over its most possible
+    value, min(codebook size, frames). The trainer's health checks warn below 0.1."""
+    bound = max(min(codebook_size, n_frames), 1)
+    return float(perplexities.min()) / bound
 
 
 def perplexity(probs: torch.Tensor) -> torch.Tensor:

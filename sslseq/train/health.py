@@ -22,7 +22,8 @@ log = get_logger(__name__)
 COLLAPSE_CAUSES = (
     "likely causes: a learning rate too high (optim.lr), too little diversity pressure "
     "(model.diversity_weight), a Gumbel temperature annealed too fast (model.latent_temp), or "
-    "an EMA teacher that moves too fast (model.ema_decay)"
+    "an EMA teacher or codebook that moves too fast (model.ema_decay, model.codebook_decay); "
+    "per-codebook perplexities are logged as code_perplexity_g* / code_ppl_l*"
 )
 CHANCE_CAUSES = (
     "likely causes: a learning rate too high or too low (optim.lr, optim.warmup_steps), "
