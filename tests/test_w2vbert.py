@@ -273,6 +273,7 @@ def test_w2vbert_forward_logs_and_loss():
     assert out.logs["contrastive_chance_bits"] == pytest.approx(math.log2(11))
     assert out.logs["mlm_chance_bits"] == pytest.approx(math.log2(12))
     assert out.logs["chance_bits"] == pytest.approx(math.log2(11) + math.log2(12))
+    assert out.logs["loss_bits"] == pytest.approx(out.logs["contrastive_bits"] + out.logs["mlm_bits"])
     assert out.logs["codebook_use"] == pytest.approx(out.logs["code_perplexity"] / 12)
     # Near chance at init on both tasks.
     assert abs(out.logs["contrastive_bits"] - math.log2(11)) < 0.35 * math.log2(11)

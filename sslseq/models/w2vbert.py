@@ -29,7 +29,7 @@ from sslseq.models import ModelOutput
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.nn.transformer import TransformerEncoderConfig
 from sslseq.objectives.contrastive import contrastive_loss, sample_negatives
-from sslseq.objectives.quantizer import GumbelVectorQuantizer
+from sslseq.objectives.quantizer import GumbelVectorQuantizer, codebook_use
 from sslseq.utils import SslseqError
 
 __all__ = ["W2VBertConformerConfig", "W2VBertEncoderConfig", "W2VBertConfig", "W2VBert"]
@@ -154,9 +154,10 @@ class W2VBert(nn.Module):
         with torch.no_grad():
             K = neg_idx.size(1)
             per = float(loss.detach()) / n
+            tasks = (float(loss_c.detach()) + cfg.mlm_weight * float(loss_m.detach())) / n
             logs.update(
                 loss=per,
-                loss_bits=per / math.log(2),
+                loss_bits=tasks / math.log(2),  # contrastive + MLM tasks (no diversity term), judged against chance
                 contrastive=float(loss_c.detach()) / n,
                 contrastive_bits=float(loss_c.detach()) / n / math.log(2),
                 contrastive_chance_bits=math.log2(K + 1),
@@ -164,7 +165,7 @@ class W2VBert(nn.Module):
                 mlm=float(loss_m.detach()) / n,
                 mlm_bits=float(loss_m.detach()) / n / math.log(2),
                 mlm_chance_bits=G * math.log2(V),
-                # What guessing scores on the whole loss (the trainer's health check compares loss_bits to it).
+                # What guessing scores on both tasks (the trainer's health check compares loss_bits to it).
                 chance_bits=math.log2(K + 1) + cfg.mlm_weight * G * math.log2(V),
                 mlm_acc=float((logits.argmax(-1) == codes.reshape(-1)).float().mean()),
                 code_perplexity=float(q.code_perplexity),
@@ -172,12 +173,9 @@ class W2VBert(nn.Module):
                 diversity=float(diversity.detach()),
                 temp=q.temp,
             )
-            groups = q.code_perplexity_groups.tolist()
-            for g, ppl in enumerate(groups):
+            for g, ppl in enumerate(q.code_perplexity_groups.tolist()):
                 logs[f"code_perplexity_g{g}"] = ppl
-            # Smallest group's perplexity over the most it could be here (a group cannot use more
-            # codes than there are frames); the trainer warns when it collapses.
-            logs["codebook_use"] = min(groups) / min(V, n)
+            logs["codebook_use"] = codebook_use(q.code_perplexity_groups, V, n)  # the trainer warns on collapse
         return ModelOutput(loss, n, logs)
 
     def extract_features(self, wav: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
