@@ -368,3 +368,16 @@ def test_wav2vec2_steps_same_on_path_and_reference(monkeypatch, path):
     assert ref[0] != ref[-1]  # the model did learn something in between
     for r, t in zip(ref, out):
         assert t == pytest.approx(r, rel=1e-4, abs=1e-5)
+
+
+def test_uniforms_never_reach_one():
+    """The largest hash must map below 1: u = 1 gives infinite Gumbel noise and NaN gradients
+    (seed 0, offset 34445742 hashed to the top value when 24 bits were used)."""
+    from sslseq.kernels.rng import gumbel_noise, hash_u32, uniform
+
+    off = torch.tensor([34445742, 0, 1, 2**32 - 1])
+    u = uniform(off, 0)
+    assert bool(((u > 0) & (u < 1)).all()) and bool(torch.isfinite(gumbel_noise(off, 0)).all())
+    assert int(hash_u32(off[:1], 0)) >> 8 == 2**24 - 1  # the case that used to give u = 1
+    top = (torch.tensor([2**23 - 1], dtype=torch.int64).to(torch.float32) + 0.5) * (1.0 / 8388608.0)
+    assert float(top) < 1.0

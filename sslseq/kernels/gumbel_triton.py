@@ -36,11 +36,11 @@ def _lowbias32(x):
 
 @triton.jit
 def _gumbel(offs, k1, k2):
-    """Same as rng.gumbel_noise: hash(offset mod 2**32) → 24-bit uniform → -log(-log(u))."""
+    """Same as rng.gumbel_noise: hash(offset mod 2**32) → 23-bit uniform → -log(-log(u))."""
     x = offs.to(tl.uint32) ^ k1.to(tl.uint32, bitcast=True)
     x = _lowbias32(x)
     x = _lowbias32(x ^ k2.to(tl.uint32, bitcast=True))
-    u = ((x >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+    u = ((x >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0)
     return -tl.log(-tl.log(u))
 
 

@@ -2,7 +2,7 @@
 (seed, element offset), so the noise is never stored (the backward regenerates it) and the
 reference, chunked and Triton paths see the same numbers.
 
-A uint32 integer hash (Wellons' "lowbias32", two rounds keyed by the seed) → 24-bit uniform in
+A uint32 integer hash (Wellons' "lowbias32", two rounds keyed by the seed) → 23-bit uniform in
 (0, 1), exact in float32 → Gumbel ``-log(-log(u))`` in float32. The torch version below works in
 int64 with explicit 32-bit wrapping; ``gumbel_triton.py`` has the same hash on uint32 lanes.
 """
@@ -57,9 +57,11 @@ def hash_u32(offsets: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def uniform(offsets: torch.Tensor, seed: int) -> torch.Tensor:
-    """float32 uniforms in (0, 1): the top 24 hash bits + 1/2, times 2**-24 (exact in float32)."""
-    h = hash_u32(offsets, seed) >> 8
-    return (h.to(torch.float32) + 0.5) * (1.0 / 16777216.0)
+    """float32 uniforms strictly inside (0, 1): the top 23 hash bits + 1/2, times 2**-23. With 23
+    bits h + 1/2 is exact in float32 (with 24, 2**24 - 1/2 rounds up to 2**24: u = 1, infinite
+    noise)."""
+    h = hash_u32(offsets, seed) >> 9
+    return (h.to(torch.float32) + 0.5) * (1.0 / 8388608.0)
 
 
 def gumbel_noise(offsets: torch.Tensor, seed: int) -> torch.Tensor:
