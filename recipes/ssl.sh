@@ -74,7 +74,10 @@ fi
 mkdir -p "$workdir" && cd "$workdir"
 labeled=${train_set}_${subset}
 label_tag=${feat_type}_k${k}
-pretrain_tag=$(basename "$pretrain_config" .yaml)_${label_tag}
+# HuBERT learns from the k-means labels; the other families make their own targets, so their
+# pretraining neither names nor waits for a label set.
+uses_labels=false; [ "$model" != hubert ] || uses_labels=true
+pretrain_tag=$(basename "$pretrain_config" .yaml); [ "$uses_labels" = false ] || pretrain_tag=${pretrain_tag}_${label_tag}
 pretrain_dir=exp/${pretrain_tag}
 ctc_tag=$(basename "$ctc_config" .yaml)_${labeled}
 steps_override() { [ -z "$1" ] || echo "optim.max_steps=$1"; }
@@ -155,10 +158,11 @@ kmeans_targets() {
   fi
 }
 
-# Pretrain with config $1 into $2 on the labels dump/labels/$3 (ignored by label-free models).
+# Pretrain with config $1 into $2 on the labels dump/labels/$3 (for HuBERT; the others ignore them).
 pretrain() {
   local config=$1 out=$2 labels=dump/labels/$3 opts
-  opts="config=$(md5sum < "$config" | cut -c1-12) steps=$pretrain_steps tiny=$tiny seed=$seed labels=$(marker_id "$labels")"
+  opts="config=$(md5sum < "$config" | cut -c1-12) steps=$pretrain_steps tiny=$tiny seed=$seed"
+  [ "$uses_labels" = false ] || opts="$opts labels=$(marker_id "$labels")"
   if stage_todo "$out" "$opts"; then
     train "$out" "$config" seed="$seed" device="$device" \
       data.train="data/$train_set" data.valid="data/$dev_set" \

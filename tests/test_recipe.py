@@ -145,6 +145,8 @@ def test_iterations_need_hubert(tmp_path: Path):
 
 def test_config_get_reads_one_value_and_names_missing_keys(tmp_path: Path, capsys):
     from sslseq.cli import main
+    from sslseq.config import get_value
+    from sslseq.utils import SslseqError
 
     f = tmp_path / "it.yaml"
     f.write_text("iterations:\n  - layer: 3\n    k: 50\n")
@@ -153,9 +155,12 @@ def test_config_get_reads_one_value_and_names_missing_keys(tmp_path: Path, capsy
     assert main(["config", "get", "--default", "x.yaml", str(f), "iterations.0.pretrain_config"]) == 0
     assert capsys.readouterr().out == "x.yaml\n"
     assert main(["config", "get", str(f), "iterations.1.layer"]) == 1
-    assert "list of 1 items; '1' is not an index 0..0" in capsys.readouterr().err
-    assert main(["config", "get", str(f), "iterations.0.layr"]) == 1
-    assert "'layr' is not among layer, k" in capsys.readouterr().err
+    assert main(["config", "get", str(f), "iterations"]) == 1  # a list, not one value
+    data = yaml.safe_load(f.read_text())
+    with pytest.raises(SslseqError, match=r"list of 1 items; '1' is not an index 0\.\.0"):
+        get_value(data, "iterations.1.layer", where=str(f))
+    with pytest.raises(SslseqError, match="'layr' is not among layer, k"):
+        get_value(data, "iterations.0.layr", where=str(f))
 
 
 def test_pretraining_with_two_processes_through_torchrun(tiny_run: Path, tmp_path: Path):
