@@ -84,6 +84,32 @@ def _expected_prefixes(pairs: list[tuple[str, str]]) -> str:
     return ", ".join(dict.fromkeys(src.replace("{i}", "N") for src, _ in pairs))
 
 
+def _hf_masking(hf_cfg: Any) -> dict[str, Any]:
+    """SpeechEncoderConfig input dropout and masking fields of any transformers speech config."""
+    return dict(
+        dropout_input=float(hf_cfg.feat_proj_dropout),
+        mask_prob=float(hf_cfg.mask_time_prob),
+        mask_length=int(hf_cfg.mask_time_length),
+        mask_min_masks=int(getattr(hf_cfg, "mask_time_min_masks", 2)),
+        mask_channel_prob=float(hf_cfg.mask_feature_prob),
+        mask_channel_length=int(hf_cfg.mask_feature_length),
+    )
+
+
+def _hf_layers(hf_cfg: Any) -> dict[str, Any]:
+    """TransformerEncoderConfig sizes and dropouts of any transformers speech config."""
+    return dict(
+        embed_dim=hf_cfg.hidden_size,
+        ffn_dim=hf_cfg.intermediate_size,
+        num_layers=hf_cfg.num_hidden_layers,
+        num_heads=hf_cfg.num_attention_heads,
+        dropout=float(hf_cfg.hidden_dropout),
+        attention_dropout=float(hf_cfg.attention_dropout),
+        activation_dropout=float(hf_cfg.activation_dropout),
+        layerdrop=float(hf_cfg.layerdrop),
+    )
+
+
 def encoder_config_from_hf(hf_cfg: Any) -> SpeechEncoderConfig:
     """Our encoder config equivalent to a transformers Hubert/Wav2Vec2 config."""
     unsupported = []
@@ -105,21 +131,9 @@ def encoder_config_from_hf(hf_cfg: Any) -> SpeechEncoderConfig:
         conv_layers=[(int(d), int(k), int(s)) for d, k, s in zip(hf_cfg.conv_dim, hf_cfg.conv_kernel, hf_cfg.conv_stride)],
         extractor_mode=mode,
         conv_bias=bool(hf_cfg.conv_bias),
-        dropout_input=float(hf_cfg.feat_proj_dropout),
-        mask_prob=float(hf_cfg.mask_time_prob),
-        mask_length=int(hf_cfg.mask_time_length),
-        mask_min_masks=int(getattr(hf_cfg, "mask_time_min_masks", 2)),
-        mask_channel_prob=float(hf_cfg.mask_feature_prob),
-        mask_channel_length=int(hf_cfg.mask_feature_length),
+        **_hf_masking(hf_cfg),
         encoder=TransformerEncoderConfig(
-            embed_dim=hf_cfg.hidden_size,
-            ffn_dim=hf_cfg.intermediate_size,
-            num_layers=hf_cfg.num_hidden_layers,
-            num_heads=hf_cfg.num_attention_heads,
-            dropout=float(hf_cfg.hidden_dropout),
-            attention_dropout=float(hf_cfg.attention_dropout),
-            activation_dropout=float(hf_cfg.activation_dropout),
-            layerdrop=float(hf_cfg.layerdrop),
+            **_hf_layers(hf_cfg),
             layer_norm_first=bool(hf_cfg.do_stable_layer_norm),
             conv_pos=hf_cfg.num_conv_pos_embeddings,
             conv_pos_groups=hf_cfg.num_conv_pos_embedding_groups,
@@ -149,22 +163,10 @@ def w2vbert_encoder_config_from_hf(hf_cfg: Any) -> SpeechEncoderConfig:
         num_mel_bins=int(hf_cfg.feature_projection_input_dim) // 2,
         stack_frames=2,  # SeamlessM4TFeatureExtractor's stride
         feature_grad_mult=1.0,
-        dropout_input=float(hf_cfg.feat_proj_dropout),
         dropout_features=0.0,
-        mask_prob=float(hf_cfg.mask_time_prob),
-        mask_length=int(hf_cfg.mask_time_length),
-        mask_min_masks=int(hf_cfg.mask_time_min_masks),
-        mask_channel_prob=float(hf_cfg.mask_feature_prob),
-        mask_channel_length=int(hf_cfg.mask_feature_length),
+        **_hf_masking(hf_cfg),
         encoder=TransformerEncoderConfig(
-            embed_dim=hf_cfg.hidden_size,
-            ffn_dim=hf_cfg.intermediate_size,
-            num_layers=hf_cfg.num_hidden_layers,
-            num_heads=hf_cfg.num_attention_heads,
-            dropout=float(hf_cfg.hidden_dropout),
-            attention_dropout=float(hf_cfg.attention_dropout),
-            activation_dropout=float(hf_cfg.activation_dropout),
-            layerdrop=float(hf_cfg.layerdrop),
+            **_hf_layers(hf_cfg),
             layer_type="conformer",
             activation="swish" if hf_cfg.hidden_act == "silu" else hf_cfg.hidden_act,
             depthwise_kernel=int(hf_cfg.conv_depthwise_kernel_size),
