@@ -96,7 +96,7 @@ def test_two_processes_fit_equals_one(tmp_path):
     for name, x, k, kw in _cases():
         want, want_inertia, want_iter = fit_kmeans(torch.from_numpy(x), k, device="cpu", verbose=False, **kw)
         for split in _splits(len(x)):
-            r0, r1 = (torch.load(tmp_path / f"{name}_{split}_{r}.pt") for r in (0, 1))
+            r0, r1 = (torch.load(tmp_path / f"{name}_{split}_{r}.pt", weights_only=True) for r in (0, 1))
             # every process holds the very same model
             assert torch.equal(r0["c"], r1["c"]) and r0["inertia"] == r1["inertia"] and r0["n_iter"] == r1["n_iter"]
             # ... which is the one-process model up to float summation order
