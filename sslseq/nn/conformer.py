@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslseq.nn.transformer import MultiheadSelfAttention, TransformerEncoderConfig, activation_fn, init_bert_linear
+from sslseq.nn.transformer import MultiheadSelfAttention, TransformerEncoderConfig, activation_fn, init_bert_linear, run_layers
 
 __all__ = ["FeedForward", "RelativeKeySelfAttention", "ConvModule", "ConformerLayer", "ConformerEncoder"]
 
@@ -136,10 +136,4 @@ class ConformerEncoder(nn.Module):
         if padding_mask is not None:
             x = x.masked_fill(padding_mask[..., None], 0.0)
         x = self.dropout(x)
-        hidden = [x] if output_hidden_states else None
-        for layer in self.layers:
-            if not (self.training and self.cfg.layerdrop > 0 and torch.rand(()).item() < self.cfg.layerdrop):
-                x = layer(x, padding_mask)
-            if hidden is not None:
-                hidden.append(x)
-        return x, hidden
+        return run_layers(self.layers, x, padding_mask, self.cfg.layerdrop if self.training else 0.0, output_hidden_states)

@@ -17,7 +17,8 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from sslseq.utils import SslseqError
 
-__all__ = ["TransformerEncoderConfig", "activation_fn", "PositionalConv", "MultiheadSelfAttention", "TransformerEncoderLayer", "TransformerEncoder"]
+__all__ = ["TransformerEncoderConfig", "activation_fn", "PositionalConv", "MultiheadSelfAttention", "TransformerEncoderLayer", "TransformerEncoder",
+           "run_layers"]
 
 
 @dataclass
@@ -141,6 +142,20 @@ class TransformerEncoderLayer(nn.Module):
         return x
 
 
+def run_layers(
+    layers: nn.ModuleList, x: torch.Tensor, padding_mask: torch.Tensor | None, layerdrop: float, output_hidden_states: bool
+) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """Apply ``layers`` in turn, skipping each with probability ``layerdrop`` (LayerDrop, Fan et
+    al. 2019; 0 outside training); the hidden states are [input, output of each layer]."""
+    hidden = [x] if output_hidden_states else None
+    for layer in layers:
+        if not (layerdrop > 0 and torch.rand(()).item() < layerdrop):
+            x = layer(x, padding_mask)
+        if hidden is not None:
+            hidden.append(x)
+    return x, hidden
+
+
 class TransformerEncoder(nn.Module):
     def __init__(self, cfg: TransformerEncoderConfig):
         super().__init__()
@@ -167,13 +182,8 @@ class TransformerEncoder(nn.Module):
         if not self.cfg.layer_norm_first:
             x = self.layer_norm(x)
         x = self.dropout(x)
-        hidden = [x] if output_hidden_states else None
-        for layer in self.layers:
-            # LayerDrop (Fan et al. 2019): skip whole layers at random while training.
-            if not (self.training and self.cfg.layerdrop > 0 and torch.rand(()).item() < self.cfg.layerdrop):
-                x = layer(x, padding_mask)
-            if hidden is not None:
-                hidden.append(x)
+        x, hidden = run_layers(self.layers, x, padding_mask, self.cfg.layerdrop if self.training else 0.0,
+                               output_hidden_states)
         if self.cfg.layer_norm_first:
             # The returned output is normalised; hidden states stay raw layer outputs (as
             # transformers 5 and fairseq's layer_results).
