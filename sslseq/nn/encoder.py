@@ -4,8 +4,10 @@ waveform → frontend → LayerNorm over channels → ``post_extract_proj`` (C �
 span masking (masked frames replaced by a learned ``mask_emb``) and channel masking → context network.
 
 Frontend (``frontend``): ``conv``, wav2vec 2.0's waveform CNN (gradient scaled by
-``feature_grad_mult``), or ``fbank``, w2v-BERT 2.0's normalised Kaldi fbank stacked ×2 (no
-parameters). Context network (``encoder.layer_type``): ``transformer`` (positional conv +
+``feature_grad_mult``); ``fbank``, w2v-BERT 2.0's normalised Kaldi fbank stacked ×2 (no
+parameters); or ``fbank_conv``, normalised fbank through a small strided conv subsampler to
+25 Hz (Fast-HuBERT; ``fbank_conv_layers``, gradient scaled by ``feature_grad_mult``).
+Context network (``encoder.layer_type``): ``transformer`` (positional conv +
 Transformer) or ``conformer`` (relative-position conformer blocks).
 """
 
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from sslseq.nn.conformer import ConformerEncoder
-from sslseq.nn.fbank import FbankFrontend
+from sslseq.nn.fbank import FAST_CONV_LAYERS, FbankConvFrontend, FbankFrontend
 from sslseq.nn.frontend import BASE_CONV_LAYERS, ConvFeatureExtractor
 from sslseq.nn.masking import compute_channel_mask, compute_mask_indices
 from sslseq.nn.transformer import TransformerEncoder, TransformerEncoderConfig
@@ -31,9 +33,11 @@ __all__ = ["SpeechEncoderConfig", "SpeechEncoder", "EncoderOutput", "GradMultipl
 class SpeechEncoderConfig:
     """Defaults are HuBERT Base's pretraining settings (fairseq hubert_base_librispeech)."""
 
-    frontend: str = "conv"  # "conv": waveform CNN (conv_layers...); "fbank": stacked fbank (w2v-BERT)
-    num_mel_bins: int = 80  # fbank frontend only
+    frontend: str = "conv"  # "conv": waveform CNN (conv_layers...); "fbank": stacked fbank (w2v-BERT); "fbank_conv": fbank + conv subsampler
+    num_mel_bins: int = 80  # fbank frontends only
     stack_frames: int = 2  # fbank frontend only: consecutive 10 ms frames per output frame
+    # fbank_conv frontend only: (channels, kernel, stride) over 100 Hz fbank frames (default → 25 Hz)
+    fbank_conv_layers: list[tuple[int, int, int]] = field(default_factory=lambda: list(FAST_CONV_LAYERS))
     conv_layers: list[tuple[int, int, int]] = field(default_factory=lambda: list(BASE_CONV_LAYERS))
     extractor_mode: str = "group_norm"  # "layer_norm" for Large models
     conv_bias: bool = False
@@ -82,8 +86,10 @@ class SpeechEncoder(nn.Module):
             self.feature_extractor = ConvFeatureExtractor(cfg.conv_layers, cfg.extractor_mode, cfg.conv_bias)
         elif cfg.frontend == "fbank":
             self.feature_extractor = FbankFrontend(cfg.num_mel_bins, cfg.stack_frames, cfg.sample_rate)
+        elif cfg.frontend == "fbank_conv":
+            self.feature_extractor = FbankConvFrontend(cfg.num_mel_bins, cfg.fbank_conv_layers, cfg.sample_rate)
         else:
-            raise SslseqError(f"encoder.frontend must be 'conv' or 'fbank', got '{cfg.frontend}'")
+            raise SslseqError(f"encoder.frontend must be 'conv', 'fbank' or 'fbank_conv', got '{cfg.frontend}'")
         C, D = self.feature_extractor.out_dim, cfg.encoder.embed_dim
         self.layer_norm = nn.LayerNorm(C)
         self.post_extract_proj = nn.Linear(C, D)
@@ -134,7 +140,7 @@ class SpeechEncoder(nn.Module):
         padding_mask = torch.arange(T, device=wav.device)[None, :] >= frame_lens[:, None]
 
         # HuBERT/wav2vec 2.0 feature penalty: keeps conv activations small (over valid frames).
-        if cfg.frontend == "conv":
+        if cfg.frontend != "fbank":
             valid = (~padding_mask).to(torch.float32)
             sq = feats.float().pow(2).mean(dim=1)  # (B, T)
             features_pen = (sq * valid).sum() / valid.sum().clamp(min=1.0)

@@ -1,21 +1,35 @@
-"""The filterbank frontend of w2v-BERT 2.0 / SeamlessM4T (transformers ``SeamlessM4TFeatureExtractor``):
+"""Filterbank frontends: the model reads the waveform and computes its features itself.
 
+``FbankFrontend`` is w2v-BERT 2.0 / SeamlessM4T's (transformers ``SeamlessM4TFeatureExtractor``):
 waveform → Kaldi fbank (80 bins, 25 ms window, 10 ms hop, int16 scale; ``sslseq.features.kaldi``)
 → per-utterance, per-bin mean/variance normalisation over the utterance's own frames (unbiased
 variance + 1e-7, as the reference) → pairs of consecutive frames stacked into one 160-dim frame
 (20 ms hop, 50 Hz). A trailing odd frame is dropped. No parameters: the model's LayerNorm and
 projection follow in ``SpeechEncoder``.
+
+``FbankConvFrontend`` is the small-compute frontend of Fast-HuBERT / MelHuBERT: the same
+normalised fbank at 100 Hz (no stacking) → strided 1-D convolutions + GELU, by default two of
+kernel 3 and stride 2 → 25 Hz, a quarter of the frames (and of the Transformer's work) of a
+50 Hz model. Features are computed on the fly rather than read from the stage-2 store, so the
+model stays waveform-in: crops, decoding, layer-feature dumping and checkpoints need nothing
+else, and computing fbank costs a few percent of a training step.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sslseq.features import kaldi
 from sslseq.utils import SslseqError
 
-__all__ = ["FbankFrontend"]
+__all__ = ["FbankFrontend", "FbankConvFrontend", "FAST_CONV_LAYERS"]
+
+# (channels, kernel, stride) over 100 Hz fbank frames: 100 Hz → 50 Hz → 25 Hz.
+FAST_CONV_LAYERS: list[tuple[int, int, int]] = [(256, 3, 2), (256, 3, 2)]
 
 _VAR_EPS = 1e-7  # SeamlessM4TFeatureExtractor: x / sqrt(var + 1e-7)
 
@@ -64,3 +78,45 @@ class FbankFrontend(nn.Module):
         # A stacked frame is valid only if all its frames are: zero the partial last one too.
         keep = torch.arange(T, device=feats.device)[None, :] < torch.div(n, self.stack, rounding_mode="floor")[:, None]
         return (stacked * keep[..., None]).to(wav.dtype if wav.is_floating_point() else torch.float32).transpose(1, 2)
+
+
+class FbankConvFrontend(nn.Module):
+    """Raw waveform (B, S) → normalised 100 Hz fbank → strided Conv1d + GELU layers → (B, C, T)."""
+
+    def __init__(self, num_mel_bins: int = 80, conv_layers=FAST_CONV_LAYERS, sample_rate: int = 16000):
+        super().__init__()
+        from sslseq.nn.frontend import conv_output_lengths
+
+        self._conv_lengths = conv_output_lengths
+        self.fbank = FbankFrontend(num_mel_bins, 1, sample_rate)
+        self.conv_layers_spec = [tuple(int(v) for v in layer) for layer in conv_layers]
+        if not self.conv_layers_spec or any(len(l) != 3 or min(l) < 1 for l in self.conv_layers_spec):
+            raise SslseqError(f"fbank_conv_layers must be a non-empty list of [channels, kernel, stride], got {conv_layers}")
+        layers, in_dim = [], num_mel_bins
+        for dim, kernel, stride in self.conv_layers_spec:
+            layers.append(nn.Conv1d(in_dim, dim, kernel, stride=stride))
+            in_dim = dim
+        self.conv_layers = nn.ModuleList(layers)
+        self.out_dim = in_dim
+        frames = 1  # fbank frames one output frame needs
+        for _, kernel, stride in reversed(self.conv_layers_spec):
+            frames = (frames - 1) * stride + kernel
+        shift = self.fbank.total_stride
+        self.total_stride = shift * math.prod(s for _, _, s in self.conv_layers_spec)
+        self.receptive_field = self.fbank.receptive_field + shift * (frames - 1)
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return self._conv_lengths(self.fbank.output_lengths(lengths), self.conv_layers_spec)
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if wav.dim() == 2 and wav.size(1) < self.receptive_field:
+            raise SslseqError(
+                f"audio of {wav.size(1)} samples is shorter than the fbank_conv frontend's receptive field "
+                f"({self.receptive_field} samples); drop or pad such short utterances"
+            )
+        # Padded fbank frames are zero, and a valid output frame reads valid inputs only, so
+        # batched and single-utterance outputs agree.
+        x = self.fbank(wav, lengths)
+        for conv in self.conv_layers:
+            x = F.gelu(conv(x))
+        return x
