@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="sub", metavar="SUB", required=True
     )
     s = verb(corpus, "synth", cmd_corpus_synth, "synthesize the embedded English corpus with espeak-ng")
-    s.add_argument("--hours", type=float, default=3.0, help="total hours of audio over train/dev/test")
+    s.add_argument("--hours", type=float, default=10.0, help="hours of train audio (dev and test: 0.3 h each)")
     s.add_argument("--tiny", action="store_true", help="a few minutes of audio, for tests")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--nj", type=int, default=2, help="parallel synthesis processes")

@@ -116,18 +116,29 @@ def test_determinism_and_resume(tiny_corpus: Path, tmp_path: Path):
 
 
 def test_other_seed_differs(tiny_corpus: Path, tmp_path: Path):
-    from sslseq.data.synth import plan_corpus, speaker_table
+    from sslseq.data.synth import plan_corpus, speaker_table, split_seconds
 
     t0, t1 = speaker_table(0), speaker_table(1)
     assert t0 == speaker_table(0) and t0 != t1
-    _, u0 = plan_corpus(240.0, 0, True, load_sentences())
-    _, u1 = plan_corpus(240.0, 1, True, load_sentences())
+    tiny = split_seconds(0.0, True)
+    _, u0 = plan_corpus(tiny, 0, True, load_sentences())
+    _, u1 = plan_corpus(tiny, 1, True, load_sentences())
     assert [u.text for u in u0] != [u.text for u in u1]
     # more hours only adds utterances: the tiny plan's splits are prefixes of a bigger one
-    _, big = plan_corpus(600.0, 0, True, load_sentences())
+    _, big = plan_corpus({s: 2.5 * v for s, v in tiny.items()}, 0, True, load_sentences())
     for split in SPLITS:
         small = [u for u in u0 if u.split == split]
         assert [u for u in big if u.split == split][: len(small)] == small
+
+
+def test_split_seconds():
+    from sslseq.data.synth import EVAL_SECONDS, split_seconds
+
+    # dev and test stay 0.3 h each whatever the train size, so results stay comparable
+    assert split_seconds(10.0, False) == {"train": 36000.0, "dev": EVAL_SECONDS, "test": EVAL_SECONDS}
+    assert split_seconds(2.0, False)["dev"] == split_seconds(10.0, False)["dev"] == 1080.0
+    tiny = split_seconds(99.0, True)
+    assert abs(sum(tiny.values()) - 240.0) < 1e-9 and tiny["train"] > tiny["dev"]
 
 
 def test_prepare_data_dirs_validate(tiny_corpus: Path, tiny_data: Path):

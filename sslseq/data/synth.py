@@ -31,7 +31,8 @@ log = get_logger(__name__)
 
 SAMPLE_RATE = 16000
 SPLITS = ("train", "dev", "test")
-SPLIT_FRACTION = {"train": 0.8, "dev": 0.1, "test": 0.1}
+SPLIT_FRACTION = {"train": 0.8, "dev": 0.1, "test": 0.1}  # of the sentences; of the audio in a tiny corpus
+EVAL_SECONDS = 1080.0  # dev and test: 0.3 h each whatever the size of train, so results stay comparable
 NUM_SPEAKERS = 48
 SPLIT_SPEAKERS = {"train": 38, "dev": 5, "test": 5}
 TINY_SPEAKERS = {"train": 12, "dev": 2, "test": 2}
@@ -192,7 +193,15 @@ def estimate_seconds(text: str, rate: int) -> float:
     return _EST_PAUSE_S + len(text.split()) * 60.0 / rate * _EST_STRETCH
 
 
-def plan_corpus(seconds: float, seed: int, tiny: bool, sentences: list[str]) -> tuple[list[Speaker], list[Utterance]]:
+def split_seconds(hours: float, tiny: bool) -> dict[str, float]:
+    """Audio to synthesize per split: ``hours`` of train and 0.3 h each of dev and test
+    (tiny: TINY_SECONDS in all, split as the sentences)."""
+    if tiny:
+        return {s: TINY_SECONDS * SPLIT_FRACTION[s] for s in SPLITS}
+    return {"train": hours * 3600.0, "dev": EVAL_SECONDS, "test": EVAL_SECONDS}
+
+
+def plan_corpus(seconds: dict[str, float], seed: int, tiny: bool, sentences: list[str]) -> tuple[list[Speaker], list[Utterance]]:
     """Speaker table and the utterances to synthesize, by estimated duration per split."""
     table = speaker_table(seed)
     speakers = _split_speakers(table, tiny)
@@ -200,7 +209,7 @@ def plan_corpus(seconds: float, seed: int, tiny: bool, sentences: list[str]) -> 
     utts: list[Utterance] = []
     for split in SPLITS:
         spks, pool = speakers[split], pools[split]
-        target = seconds * SPLIT_FRACTION[split]
+        target = seconds[split]
         acc, k = 0.0, 0
         # Round-robin over speakers; every speaker gets at least one utterance.
         while acc < target or k < len(spks):
@@ -298,9 +307,9 @@ def synthesize_corpus(out_dir: Path, *, hours: float, seed: int, tiny: bool, nj:
         raise SslseqError("espeak-ng is not installed; install it: apt-get install espeak-ng")
     if nj < 1:
         raise SslseqError(f"--nj must be at least 1, got {nj}")
-    seconds = TINY_SECONDS if tiny else hours * 3600.0
-    if seconds <= 0:
+    if not tiny and hours <= 0:
         raise SslseqError(f"--hours must be positive, got {hours}")
+    seconds = split_seconds(hours, tiny)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_params(out_dir, seed, tiny)
     table, utts = plan_corpus(seconds, seed, tiny, load_sentences())

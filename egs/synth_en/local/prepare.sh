@@ -3,7 +3,7 @@
 # (train/dev/test, disjoint speakers and sentences) into DATA_DIR.
 #   local/prepare.sh [--hours H] [--tiny true] [--seed S] [--nj N] CORPUS_DIR DATA_DIR
 set -euo pipefail
-hours=3      # hours of audio in all (train/dev/test)
+hours=10     # hours of train audio (dev and test: 0.3 h each)
 tiny=false   # a few minutes of audio, for tests
 seed=0       # random seed: same seed, same corpus
 nj=2         # parallel synthesis processes
