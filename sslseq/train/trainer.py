@@ -87,13 +87,27 @@ def model_config_dict(model: torch.nn.Module, fallback: dict[str, Any]) -> dict[
 
 def resolve_precision(precision: str, cpu: bool) -> str:
     """``auto``: bf16 on GPUs that support it, fp16 (with accelerate's loss scaler) on older
-    GPUs, fp32 on the CPU. The models keep CTC, the quantizer's softmax and the contrastive
-    logits in fp32 themselves."""
-    if precision != "auto":
+    GPUs; on the CPU bf16 where it has bf16 matrix instructions (AMX-BF16, AVX512-BF16,
+    aarch64 BF16: ``sslseq.hw``), else fp32, since emulated bf16 is many times slower. The
+    models keep CTC, the quantizer's softmax, the contrastive logits and the fbank in fp32
+    themselves, under either autocast."""
+    if not cpu:
+        if precision != "auto":
+            return precision
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    from sslseq import hw
+
+    if precision not in ("auto", "bf16"):
         return precision
-    if cpu:
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    support = hw.cpu_bf16()
+    if precision == "auto":
+        chosen = "bf16" if support.native else "fp32"
+        log.info("precision=auto: %s -> %s", support.describe(), chosen)
+        return chosen
+    if not support.native:
+        log.warning("precision=bf16 on a CPU without bf16 matrix instructions will be slow (bf16 matmuls "
+                    "are emulated, many times slower than fp32); %s. Use precision=auto or fp32 here", support.describe())
+    return precision
 
 
 def _resolve_device(device: str) -> bool:
