@@ -305,13 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=int, default=500)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--skip", nargs="*", default=[], choices=["sklearn", "faiss"], help="references to leave out")
-    s = verb(bench, "train", cmd_bench, "a pretraining step of sslseq's wav2vec 2.0 vs transformers' Wav2Vec2ForPreTraining")
+    s = verb(bench, "train", cmd_bench, "a pretraining step of sslseq's wav2vec 2.0 vs transformers' Wav2Vec2ForPreTraining, "
+             "or in fp32 vs bf16 (--dtype both, --agree-steps)")
     s.add_argument("--model", default="wav2vec2", choices=["wav2vec2"])
     s.add_argument("--size", choices=["tiny", "base"], default=None, help="model config (default: base on CUDA, tiny on CPU)")
     s.add_argument("--batch", type=int, default=4, help="utterances per batch")
     s.add_argument("--seconds", type=float, default=8.0, help="seconds per utterance")
     s.add_argument("--device", default="auto")
-    s.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (CUDA)")
+    s.add_argument("--dtype", choices=["fp32", "bf16", "both"], default="fp32",
+                   help="bf16: autocast (CUDA or CPU); both: sslseq's step in fp32 and bf16 side by side, no reference")
+    s.add_argument("--agree-steps", type=int, default=0,
+                   help="also train N steps from the same init in fp32 and bf16 and print both loss curves")
     s.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     s.add_argument("--warmup", type=int, default=2)
     s.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
