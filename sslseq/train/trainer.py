@@ -34,6 +34,7 @@ from sslseq.data.dataset import SpeechDataset, collate
 from sslseq.train import checkpoint as ckpt
 from sslseq.train.config import TrainConfig, config_diff, load_train_config, semantic_dict
 from sslseq.train.health import HealthMonitor
+from sslseq.train.log import LOG, JsonLog
 from sslseq.train.schedule import lr_at, warmup_steps
 from sslseq.utils import SslseqError, atomic_write_text, get_logger, progress
 
@@ -115,31 +116,6 @@ def _resolve_device(device: str) -> bool:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SslseqError(f"device={device} but no CUDA GPU is visible; use device=cpu or device=auto")
     return device == "cpu" or not torch.cuda.is_available()
-
-
-class _JsonLog:
-    """Append-only JSON lines; on resume, lines after the resumed step are dropped."""
-
-    def __init__(self, path: Path, resume_step: int):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_file():
-            kept = []
-            for line in path.read_text().splitlines():
-                try:
-                    if json.loads(line).get("step", 0) <= resume_step:
-                        kept.append(line)
-                except json.JSONDecodeError:
-                    pass  # a line cut by a kill
-            atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-        self.f = open(path, "a", encoding="utf-8")
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.f.write(json.dumps(record) + "\n")
-        self.f.flush()
-
-    def close(self) -> None:
-        self.f.close()
 
 
 class Trainer:
@@ -666,7 +642,7 @@ class Trainer:
         if self.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.jsonl = _JsonLog(self.out_dir / "log" / "train.jsonl", self.step)
+            self.jsonl = JsonLog(self.out_dir / LOG, self.step)
             self.tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.step or None)
         o = cfg.optim
         last = min(o.max_steps, stop_at_step) if stop_at_step is not None else o.max_steps
