@@ -142,6 +142,17 @@ def cmd_results(a: argparse.Namespace) -> None:
     print(write_results([Path(p) for p in a.decode_dirs], Path(a.out)))
 
 
+def cmd_plot(a: argparse.Namespace) -> None:
+    from sslseq.asr.curves import plot_curves
+
+    png, notes = plot_curves([Path(p) for p in a.exp_dirs], Path(a.out))
+    for n in notes:
+        get_logger().warning("%s", n)
+    if png is None:
+        raise SslseqError("nothing to plot: " + "; ".join(notes))
+    print(png)
+
+
 def cmd_config_get(a: argparse.Namespace) -> None:
     from sslseq.config import get_value, load_yaml
 
@@ -281,9 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", default=None, help="write wer summary and per-utterance errors here")
     s.add_argument("ref")
     s.add_argument("hyp")
-    s = verb(verbs, "results", cmd_results, "collect scored decode dirs into a RESULTS.md table")
+    s = verb(verbs, "results", cmd_results, "collect scored decode dirs into a RESULTS.md table and RESULTS.png curves")
     s.add_argument("--out", required=True)
     s.add_argument("decode_dirs", nargs="+")
+    s = verb(verbs, "plot", cmd_plot, "learning curves of experiment dirs (and the pretraining runs CTC ones start from) as a PNG")
+    s.add_argument("--out", required=True, help="PNG file to write")
+    s.add_argument("exp_dirs", nargs="+", help="pretraining or CTC experiment dirs (each with log/train.jsonl)")
 
     # config
     cfg = verbs.add_parser("config", help="read recipe configs").add_subparsers(dest="sub", metavar="SUB", required=True)
