@@ -142,6 +142,17 @@ def cmd_results(a: argparse.Namespace) -> None:
     print(write_results([Path(p) for p in a.decode_dirs], Path(a.out)))
 
 
+def cmd_plot(a: argparse.Namespace) -> None:
+    from sslseq.asr.curves import plot_curves
+
+    png, notes = plot_curves([Path(p) for p in a.exp_dirs], Path(a.out))
+    for n in notes:
+        get_logger().warning("%s", n)
+    if png is None:
+        raise SslseqError("nothing to plot: " + "; ".join(notes))
+    print(png)
+
+
 def cmd_config_get(a: argparse.Namespace) -> None:
     from sslseq.config import get_value, load_yaml
 
@@ -281,9 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-dir", default=None, help="write wer summary and per-utterance errors here")
     s.add_argument("ref")
     s.add_argument("hyp")
-    s = verb(verbs, "results", cmd_results, "collect scored decode dirs into a RESULTS.md table")
+    s = verb(verbs, "results", cmd_results, "collect scored decode dirs into a RESULTS.md table and RESULTS.png curves")
     s.add_argument("--out", required=True)
     s.add_argument("decode_dirs", nargs="+")
+    s = verb(verbs, "plot", cmd_plot, "learning curves of experiment dirs (and the pretraining runs CTC ones start from) as a PNG")
+    s.add_argument("--out", required=True, help="PNG file to write")
+    s.add_argument("exp_dirs", nargs="+", help="pretraining or CTC experiment dirs (each with log/train.jsonl)")
 
     # config
     cfg = verbs.add_parser("config", help="read recipe configs").add_subparsers(dest="sub", metavar="SUB", required=True)
@@ -305,13 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=int, default=500)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--skip", nargs="*", default=[], choices=["sklearn", "faiss"], help="references to leave out")
-    s = verb(bench, "train", cmd_bench, "a pretraining step of sslseq's wav2vec 2.0 vs transformers' Wav2Vec2ForPreTraining")
+    s = verb(bench, "train", cmd_bench, "a pretraining step of sslseq's wav2vec 2.0 vs transformers' Wav2Vec2ForPreTraining, "
+             "or in fp32 vs bf16 (--dtype both, --agree-steps)")
     s.add_argument("--model", default="wav2vec2", choices=["wav2vec2"])
     s.add_argument("--size", choices=["tiny", "base"], default=None, help="model config (default: base on CUDA, tiny on CPU)")
     s.add_argument("--batch", type=int, default=4, help="utterances per batch")
     s.add_argument("--seconds", type=float, default=8.0, help="seconds per utterance")
     s.add_argument("--device", default="auto")
-    s.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (CUDA)")
+    s.add_argument("--dtype", choices=["fp32", "bf16", "both"], default="fp32",
+                   help="bf16: autocast (CUDA or CPU); both: sslseq's step in fp32 and bf16 side by side, no reference")
+    s.add_argument("--agree-steps", type=int, default=0,
+                   help="also train N steps from the same init in fp32 and bf16 and print both loss curves")
     s.add_argument("--steps", type=int, default=5, help="timed steps (median)")
     s.add_argument("--warmup", type=int, default=2)
     s.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import re
@@ -436,6 +437,80 @@ def test_write_results_table_and_relative_reduction(tmp_path):
     assert "test: relative WER reduction from pretraining: 50.0 %" in md
     assert md.count("relative WER reduction") == 1
     assert "stage 7" in md and "sslseq results --out" in md
+
+
+def _fake_log(exp_dir: Path, records: list[dict]) -> None:
+    (exp_dir / "log").mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(r) for r in records]
+    (exp_dir / "log" / "train.jsonl").write_text("\n".join(lines[:-1] + ['{"step": 4', lines[-1]]) + "\n")  # one cut line
+
+
+def _pretrain_records(steps: int, acc_key: str) -> list[dict]:
+    out = []
+    for s in range(10, steps + 1, 10):
+        out.append({"step": s, "epoch": 0, "loss": 6.0 * math.exp(-s / 150) + 1.5, acc_key: 0.9 * (1 - math.exp(-s / 120)),
+                    "lr": 1e-3})
+        if s % 100 == 0:
+            out.append({"step": s, "epoch": 0, "valid_loss": 6.2 * math.exp(-s / 150) + 1.7})
+    return out
+
+
+def _ctc_records(steps: int, floor: float) -> list[dict]:
+    out = [{"step": s, "epoch": 0, "loss": 3.0 * math.exp(-s / 200) + 0.2} for s in range(10, steps + 1, 10)]
+    for s in range(100, steps + 1, 100):
+        out.append({"step": s, "epoch": 0, "valid_loss": 2.0, "valid_cer": floor + (1 - floor) * math.exp(-s / 250),
+                    "valid_wer": min(1.0, 2 * floor + (1 - 2 * floor) * math.exp(-s / 300)),
+                    "valid_blank_frac": 0.7, "valid_empty_frac": 0.0})
+    return out
+
+
+def test_results_draws_learning_curves_and_skips_missing_logs(tmp_path):
+    from PIL import Image
+
+    from sslseq.asr.report import write_results
+
+    pre = tmp_path / "exp" / "pretrain_hubert"
+    pre.mkdir(parents=True)
+    (pre / "config.yaml").write_text(yaml.safe_dump({"task": "pretrain", "model": {"name": "hubert"}, "optim": {"max_steps": 400}}))
+    _fake_log(pre, _pretrain_records(400, "acc_m"))
+    dirs = [
+        _fake_decode(tmp_path, "ctc_from_pre", "exp/pretrain_hubert", "test", 30.0),
+        _fake_decode(tmp_path, "ctc_scratch", "none", "test", 60.0),
+        _fake_decode(tmp_path, "ctc_nolog", "exp/pretrain_hubert", "test", 40.0),
+    ]
+    _fake_log(tmp_path / "exp" / "ctc_from_pre", _ctc_records(800, 0.15))
+    _fake_log(tmp_path / "exp" / "ctc_scratch", _ctc_records(800, 0.35))
+    out = tmp_path / "exp" / "RESULTS.md"
+    md = write_results(dirs, out)
+    png = tmp_path / "exp" / "RESULTS.png"
+    assert "![learning curves](RESULTS.png)" in md and png.is_file()
+    assert "- exp/ctc_nolog: no log/train.jsonl; its curves are left out" in md  # a note, not a crash
+    img = Image.open(png)
+    assert img.format == "PNG" and img.size == (1200, 850)
+    colors = img.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert len(colors) > 50  # lines, text and legends, not a blank canvas
+    assert png.stat().st_size > 20_000
+
+
+def test_plot_verb_takes_any_experiment_dirs(tmp_path, capsys):
+    from sslseq.asr.curves import find_experiments
+    from sslseq.cli import main
+
+    pre = tmp_path / "exp" / "pretrain_w2v"
+    pre.mkdir(parents=True)
+    (pre / "config.yaml").write_text(yaml.safe_dump({"task": "pretrain", "model": {"name": "wav2vec2"}}))
+    _fake_log(pre, _pretrain_records(200, "acc"))
+    ctc = tmp_path / "exp" / "ctc"
+    ctc.mkdir()
+    (ctc / "config.yaml").write_text(yaml.safe_dump({"task": "ctc", "init": str(pre)}))
+    _fake_log(ctc, _ctc_records(300, 0.2))
+    exps, notes = find_experiments([ctc, pre])  # the pretraining run once, found from the CTC init too
+    assert [(e.label, e.task) for e in exps] == [("ctc (from pretrain_w2v)", "ctc"), ("pretrain_w2v", "pretrain")]
+    assert notes == [] and len(exps[1].records) == 22  # the cut line is skipped
+    out = tmp_path / "curves.png"
+    assert main(["plot", "--out", str(out), str(ctc)]) == 0 and out.stat().st_size > 20_000
+    assert main(["plot", "--out", str(tmp_path / "none.png"), str(tmp_path / "missing")]) == 1
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_write_results_needs_scored_dirs(tmp_path):

@@ -25,7 +25,24 @@ def test_bench_train_reports_sslseq_and_transformers(tmp_path, capsys):
     assert "sslseq" in printed and "goal (>= 1.5x faster, no more memory)" in printed
 
 
-def test_bench_train_bf16_needs_cuda():
+def test_bench_train_fp32_vs_bf16_on_cpu(tmp_path, capsys):
+    """--dtype both on the CPU: sslseq's step in fp32 and bf16 side by side, the CPU's bf16
+    support stated, and a short fp32/bf16 loss agreement from the same init (bf16 is slow on
+    CPUs without bf16 matrix instructions: one tiny utterance, two steps)."""
+    from sslseq import hw
     from sslseq.cli import main
 
-    assert main(["bench", "train", "--model", "wav2vec2", "--dtype", "bf16", "--device", "cpu"]) == 1
+    out = tmp_path / "dtypes.json"
+    assert main(["bench", "train", "--dtype", "both", "--agree-steps", "2", "--batch", "1", "--seconds", "0.5",
+                 "--steps", "1", "--warmup", "0", "--device", "cpu", "--threads", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    fp32, bf16 = report["records"]
+    assert (fp32["dtype"], bf16["dtype"]) == ("fp32", "bf16") and fp32["speedup_vs_fp32"] == 1.0
+    assert bf16["step_ms"] > 0 and bf16["native_bf16"] == hw.cpu_bf16().native
+    ag = report["agreement"]
+    assert len(ag["fp32"]) == len(ag["bf16"]) == 2 and ag["fp32"] != ag["bf16"]
+    # same init, batch and random draws: bf16 differs from fp32 only by rounding
+    assert 0.0 < ag["max_rel_diff"] < 0.2
+    printed = capsys.readouterr().out
+    assert "vs fp32" in printed and "native bf16" in printed  # the CPU line of sslseq.hw
+    assert "max relative difference" in printed

@@ -263,6 +263,111 @@ def test_schedules():
     assert lr_at(30, o) == 2.0
 
 
+class BlankCTC(nn.Module):
+    """A CTC model with the trainer's contract whose output layer starts (and, at lr 0,
+    stays) confidently blank: a strided conv at 50 Hz, a head biased to unit 0."""
+
+    def __init__(self, vocab_size: int = 29):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv1d(1, 8, 400, stride=320)
+        self.head = nn.Linear(8, vocab_size)
+        with torch.no_grad():
+            self.head.weight.mul_(0.01)
+            self.head.bias.zero_()
+            self.head.bias[0] = 10.0
+        self.cfg = {"name": "blank_ctc", "vocab_size": vocab_size}
+        self.frame_rate = 50.0
+
+    def set_num_updates(self, step: int) -> None:
+        pass
+
+    def log_probs(self, wav, lens):
+        x = self.head(torch.relu(self.conv(wav[:, None])).transpose(1, 2))
+        return F.log_softmax(x.float(), -1), torch.where(lens >= 400, (lens - 400) // 320 + 1, 0)
+
+    def forward(self, batch):
+        lp, lens = self.log_probs(batch["wav"], batch["wav_lens"])
+        valid = torch.arange(batch["targets"].size(1))[None, :] < batch["target_lens"][:, None]
+        loss = F.ctc_loss(lp.transpose(0, 1), batch["targets"][valid], lens, batch["target_lens"],
+                          reduction="sum", zero_infinity=True)
+        return ModelOutput(loss, int(batch["target_lens"].sum()), {})
+
+
+def test_ctc_validation_logs_blank_output_and_warns(tmp_path, tones):
+    from sslseq.train import health
+
+    # The tone corpus with transcripts; the first dev utterance's is longer than its 50 Hz frames.
+    for name in ("train", "valid"):
+        d = tmp_path / name
+        d.mkdir()
+        for f in ("wav.scp", "utt2spk", "utt2dur"):
+            (d / f).write_text((tones[name] / f).read_text())
+        utts = [line.split()[0] for line in (d / "wav.scp").read_text().splitlines()]
+        (d / "text").write_text("".join(f"{u} {'AB CD' if i else 'A' * 200}\n" for i, u in enumerate(utts)))
+    cfg = _cfg(tmp_path, tones, "ctc", "task=ctc", f"data.train={tmp_path / 'train'}", f"data.valid={tmp_path / 'valid'}",
+               "init=none", "data.labels_train=null", "data.labels_valid=null", "optim.lr=0", "optim.max_steps=4",
+               "optim.warmup_steps=1", "valid_interval=2", "save_interval=4", "data.max_sample_seconds=3")
+    warnings = []
+    real = health.HealthMonitor.check_valid
+
+    def spy(self, step, result):
+        warnings.extend(real(self, step, result))
+        return warnings
+
+    health.HealthMonitor.check_valid = spy
+    try:
+        out = Trainer(cfg, model=BlankCTC()).fit()
+    finally:
+        health.HealthMonitor.check_valid = real
+    valid = [r for r in _jsonl(out) if "valid_loss" in r]
+    assert [r["step"] for r in valid] == [2, 4]
+    for r in valid:
+        assert r["valid_blank_frac"] == 1.0 and r["valid_empty_frac"] == 1.0 and r["valid_cer"] == 1.0
+        assert r["valid_short_frac"] == 0.25  # 1 of 4 dev utterances
+    summary = yaml.safe_load((out / "train_summary.yaml").read_text())
+    assert summary["final_valid"]["valid_blank_frac"] == 1.0 and summary["final_valid"]["valid_empty_frac"] == 1.0
+    (msg,) = warnings  # step 2 and 4 are after warmup; the second is rate-limited
+    assert msg.startswith("step 2: the dev output is still blank") and "25.0% of dev utterances" in msg
+
+
+class AutocastProbe(FrameClassifier):
+    """Records whether each forward ran inside a CPU bf16 autocast region."""
+
+    def forward(self, batch):
+        self.autocast = getattr(self, "autocast", []) + [torch.is_autocast_enabled("cpu")
+                                                         and torch.get_autocast_dtype("cpu") == torch.bfloat16]
+        return super().forward(batch)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one mixed-precision setting per process; tests that change it start
+    and end with a clean state (a real run is one process with one setting)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+def test_cpu_bf16_precision_trains_under_autocast(tmp_path, tones, fresh_accelerate_state):
+    """precision=bf16 runs on the CPU (slow without native bf16: a few tiny steps only);
+    precision=auto on this machine is what sslseq.hw detected."""
+    from sslseq import hw
+
+    model = AutocastProbe()
+    out = Trainer(_cfg(tmp_path, tones, "bf16", "precision=bf16", "optim.max_steps=3", "valid_interval=3"), model=model).fit()
+    rec = _jsonl(out)
+    assert all(math.isfinite(r.get("loss", r.get("valid_loss"))) for r in rec) and model.autocast and all(model.autocast)
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    model = AutocastProbe()
+    Trainer(_cfg(tmp_path, tones, "auto", "precision=auto", "optim.max_steps=1", "valid_interval=0"), model=model).fit()
+    assert model.autocast and set(model.autocast) == {hw.cpu_bf16().native}  # train and final valid steps
+
+
 # ---------------------------------------------------------------- real models
 
 

@@ -1,4 +1,5 @@
-"""Collect scored decode dirs into a markdown results table (``RESULTS.md``)."""
+"""Collect scored decode dirs into a markdown results table (``RESULTS.md``) and draw the
+learning curves of their experiments beside it (``RESULTS.png``, ``sslseq.asr.curves``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ log = get_logger(__name__)
 @dataclass
 class _Row:
     decode_dir: Path
-    exp_dir: Path
+    exp_dir: Path  # as decode.yaml names it
+    exp_path: Path  # where it is from here
     data_set: str
     init: str  # "none" or the pretrained experiment's path
     model: str
@@ -61,9 +63,17 @@ def _train_data(cfg: dict[str, Any]) -> str | None:
     return None
 
 
-def _resolve(path: str, base: Path) -> Path:
-    # Paths in decode.yaml/config.yaml are as given on the command line, i.e. relative
-    # to where the recipe ran; that is the parent of exp/ for recipe layouts.
+def init_of(cfg: dict[str, Any]) -> str:
+    """A CTC config's ``init``: "none" or the pretrained experiment's path as written."""
+    init = cfg.get("init")
+    if init is None and isinstance(cfg.get("model"), dict):
+        init = cfg["model"].get("init")
+    return "none" if init in (None, "", "none", "None") else str(init)
+
+
+def resolve_recipe_path(path: str, base: Path) -> Path:
+    """A path of decode.yaml/config.yaml: as given on the command line, i.e. relative to where
+    the recipe ran; that is ``base`` or one of its parents (the parent of exp/ for recipes)."""
     p = Path(path)
     if p.is_absolute() or p.exists():
         return p
@@ -80,15 +90,12 @@ def _load_row(decode_dir: Path) -> _Row:
     for key in ("exp_dir", "data_dir"):
         if key not in dec:
             raise SslseqError(f"{decode_dir / 'decode.yaml'}: no '{key}' entry; re-run 'sslseq decode'")
-    exp_dir = _resolve(str(dec["exp_dir"]), decode_dir.resolve())
+    exp_dir = resolve_recipe_path(str(dec["exp_dir"]), decode_dir.resolve())
     cfg = _read_yaml(exp_dir / "config.yaml", f"{exp_dir} must be the trained CTC experiment that {decode_dir} was decoded with")
-    init = cfg.get("init")
-    if init is None and isinstance(cfg.get("model"), dict):
-        init = cfg["model"].get("init")
-    init = "none" if init in (None, "", "none", "None") else str(init)
+    init = init_of(cfg)
     pretrain_model = None
     if init != "none":
-        init_cfg = _resolve(init, exp_dir.resolve()) / "config.yaml"
+        init_cfg = resolve_recipe_path(init, exp_dir.resolve()) / "config.yaml"
         if init_cfg.is_file():
             icfg = _read_yaml(init_cfg, "")
             pretrain_model = _model_name(icfg)
@@ -98,6 +105,7 @@ def _load_row(decode_dir: Path) -> _Row:
     return _Row(
         decode_dir=decode_dir,
         exp_dir=Path(str(dec["exp_dir"])),
+        exp_path=exp_dir,
         data_set=Path(str(dec["data_dir"])).name,
         init=init,
         model=_model_name(cfg),
@@ -126,6 +134,27 @@ def relative_reduction(baseline: float, improved: float) -> float | None:
     if baseline <= 0:
         return None
     return 100.0 * (baseline - improved) / baseline
+
+
+def _curves_section(rows: list[_Row], out: Path) -> list[str]:
+    """Draw the learning curves beside ``out`` (``RESULTS.png``); the markdown that shows them."""
+    from sslseq.asr.curves import plot_curves
+
+    exp_dirs = list(dict.fromkeys(r.exp_path for r in rows))
+    recipe = _recipe_name(out)
+    title = "Learning curves" + (f" ({recipe})" if "<corpus>" not in recipe else "")
+    png, notes = plot_curves(exp_dirs, out.with_suffix(".png"), title=title)
+    for r in rows:  # name experiments as decode.yaml does, not by where they were found
+        notes = [n.replace(str(r.exp_path), str(r.exp_dir)) for n in notes]
+    lines = ["", "## Learning curves", ""]
+    if png is not None:
+        lines += [f"![learning curves]({png.name})", "",
+                  "Pretraining loss and masked-frame accuracy, and the CTC runs' dev CER/WER (greedy, "
+                  "every `valid_interval` steps) against update steps, from each experiment's "
+                  "`log/train.jsonl` (`sslseq plot` draws the same for any experiment dirs)."]
+    for n in notes:
+        log.warning("curves: %s", n)
+    return lines + ([""] if notes else []) + [f"- {n}" for n in notes]
 
 
 def write_results(decode_dirs: list[Path], out: Path) -> str:
@@ -172,6 +201,7 @@ def write_results(decode_dirs: list[Path], out: Path) -> str:
     if notes:
         lines += ["", *notes]
 
+    lines += _curves_section(rows, out)
     lines += ["", "Decoding commands:", ""]
     for r in rows:
         d = r.decode

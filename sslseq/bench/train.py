@@ -9,6 +9,13 @@ Time: median of ``--steps`` steps after ``--warmup``. Peak memory: CUDA
 ``max_memory_allocated`` over one step; on CPU the live-tensor tracker of ``bench kernels``
 (every torch storage created by the step, forward and backward, until freed), in a separate
 step so that tracking does not slow the timed ones.
+
+``--dtype both`` times sslseq's step alone in fp32 and under bf16 autocast, same weights and
+batch, and says whether the CPU has bf16 matrix instructions (``sslseq.hw``): without them
+bf16 is emulated and many times slower. ``--agree-steps N`` trains the model N steps from the
+same initialisation on the same batch with the same random draws (masks, negatives, Gumbel
+noise, dropout) in fp32 and in bf16 and prints both loss curves and their largest relative
+difference.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ from typing import Any, Callable
 
 import torch
 
-from sslseq.utils import SslseqError, atomic_write_text
+from sslseq.utils import SslseqError, atomic_write_text, get_logger
+
+log = get_logger(__name__)
 
 CONF = Path(__file__).resolve().parents[2] / "recipes" / "conf"
 GOAL = dict(speedup=1.5, memory=1.0)
@@ -87,27 +96,114 @@ def _peak_mb(step: Callable[[], None], device: torch.device) -> float:
     return mem.peak / 2**20
 
 
+def _model_config(size: str) -> dict[str, Any]:
+    from sslseq.config import load_yaml
+
+    model_cfg = load_yaml(CONF / f"model_wav2vec2_{size}.yaml")
+    # LayerDrop skips random layers: off, so every run executes every layer every step.
+    model_cfg.setdefault("encoder", {}).setdefault("encoder", {})["layerdrop"] = 0.0
+    return model_cfg
+
+
+def _warn_if_emulated() -> None:
+    from sslseq import hw
+
+    if not hw.cpu_bf16().native:
+        log.warning("bf16 on this CPU is emulated (%s): expect it many times slower than fp32", hw.cpu_bf16().describe())
+
+
+def _batch(batch: int, seconds: float, seed: int, dev: torch.device) -> dict[str, torch.Tensor]:
+    S = int(seconds * 16000)
+    g = torch.Generator().manual_seed(seed)
+    wav = (0.1 * torch.randn(batch, S, generator=g)).to(dev)
+    return {"wav": wav, "wav_lens": torch.full((batch,), S, dtype=torch.long, device=dev)}
+
+
+def _sslseq_step(model, b: dict[str, torch.Tensor], dtype: str, dev: torch.device, lr: float) -> Callable[[], float]:
+    """One AdamW step of ``model`` on ``b`` (bf16: under autocast); returns its loss per unit."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+    def step() -> float:
+        with autocast:
+            out = model(b)
+        loss = out.loss / max(out.sample_size, 1)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return step
+
+
+def _same_init(size: str, seed: int, dev: torch.device):
+    """A function giving a fresh model with the same initial weights on every call."""
+    from sslseq.models import build_model
+
+    model_cfg = _model_config(size)
+    torch.manual_seed(seed)
+    init = build_model(model_cfg).state_dict()
+
+    def make():
+        model = build_model(model_cfg)
+        model.load_state_dict(init)
+        return model.to(dev).train()
+
+    return make
+
+
+def run_dtypes(size: str, batch: int, seconds: float, device: str, steps: int, warmup: int, seed: int) -> list[dict]:
+    """sslseq's pretraining step in fp32 and under bf16 autocast: same weights, same batch."""
+    from sslseq import hw
+
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        _warn_if_emulated()
+    make = _same_init(size, seed, dev)
+    b = _batch(batch, seconds, seed, dev)
+    native = hw.cpu_bf16().native if dev.type == "cpu" else bool(torch.cuda.is_bf16_supported())
+    records = []
+    for dtype in ("fp32", "bf16"):
+        model = make()
+        T = int(model.encoder.output_lengths(b["wav_lens"])[0])
+        t = _median_step_seconds(_sslseq_step(model, b, dtype, dev, 1e-5), dev, warmup, steps)
+        records.append({"model": "wav2vec2", "impl": "sslseq", "dtype": dtype, "device": str(dev),
+                        "shape": f"{size}: {batch} x {seconds:g} s ({T} frames each)", "step_ms": 1e3 * t,
+                        "frames_per_s": batch * T / t, "native_bf16": native})
+    for r in records:
+        r["speedup_vs_fp32"] = records[0]["step_ms"] / r["step_ms"]
+    return records
+
+
+def loss_agreement(size: str, batch: int, seconds: float, device: str, n_steps: int, seed: int, lr: float = 5e-4) -> dict:
+    """Train ``n_steps`` from the same init on the same batch in fp32 and bf16; both loss curves."""
+    dev = torch.device(device)
+    make = _same_init(size, seed, dev)
+    b = _batch(batch, seconds, seed, dev)
+    curves = {}
+    for dtype in ("fp32", "bf16"):
+        step = _sslseq_step(make(), b, dtype, dev, lr)
+        torch.manual_seed(seed + 1)  # the same masks, negatives, Gumbel noise and dropout in both runs
+        curves[dtype] = [step() for _ in range(n_steps)]
+    rel = [abs(h - f) / max(abs(f), 1e-12) for f, h in zip(curves["fp32"], curves["bf16"])]
+    return {"steps": n_steps, "lr": lr, "fp32": curves["fp32"], "bf16": curves["bf16"],
+            "rel_diff": rel, "max_rel_diff": max(rel) if rel else 0.0}
+
+
 def run(size: str, batch: int, seconds: float, device: str, dtype: str, steps: int, warmup: int, seed: int) -> list[dict]:
     from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices, _sample_negative_indices
-
-    from sslseq.config import load_yaml
 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SslseqError("--device cuda: no CUDA GPU is visible; use --device cpu")
-    if dtype == "bf16" and dev.type != "cuda":
-        raise SslseqError("--dtype bf16 is measured on CUDA only; use --dtype fp32 on the CPU")
-    cfg_path = CONF / f"model_wav2vec2_{size}.yaml"
-    model_cfg = load_yaml(cfg_path)
-    # LayerDrop skips random layers: off, so both models run every layer every step.
-    model_cfg.setdefault("encoder", {}).setdefault("encoder", {})["layerdrop"] = 0.0
+    if dtype == "bf16" and dev.type == "cpu":
+        _warn_if_emulated()
+    model_cfg = _model_config(size)
     torch.manual_seed(seed)
     hf, ours = _hf_pretraining_model(model_cfg)
     hf, ours = hf.to(dev).train(), ours.to(dev).train()
-    S = int(seconds * 16000)
-    g = torch.Generator().manual_seed(seed)
-    wav = (0.1 * torch.randn(batch, S, generator=g)).to(dev)
-    wav_lens = torch.full((batch,), S, dtype=torch.long, device=dev)
+    b = _batch(batch, seconds, seed, dev)
+    wav, wav_lens = b["wav"], b["wav_lens"]
     T = int(ours.encoder.output_lengths(wav_lens)[0])
     c = ours.cfg
     autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
@@ -168,12 +264,28 @@ def main(a) -> None:
     if a.model != "wav2vec2":
         raise SslseqError(f"--model {a.model}: only wav2vec2 has a transformers pretraining reference (Wav2Vec2ForPreTraining)")
     device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SslseqError("--device cuda: no CUDA GPU is visible; use --device cpu")
+    if a.agree_steps < 0:
+        raise SslseqError(f"--agree-steps {a.agree_steps}: must be >= 0")
     size = a.size or ("base" if device == "cuda" else "tiny")
     if a.threads:
         torch.set_num_threads(a.threads)
-    records = run(size, a.batch, a.seconds, device, a.dtype, a.steps, a.warmup, a.seed)
-    print(f"wav2vec 2.0 pretraining step, {records[0]['shape']}, on {device}"
-          f" (median of {a.steps} steps after {a.warmup} warm-up; {torch.get_num_threads()} threads)")
+    how = f"median of {a.steps} steps after {a.warmup} warm-up; {torch.get_num_threads()} threads"
+    if a.dtype == "both":
+        records = _print_dtypes(run_dtypes(size, a.batch, a.seconds, device, a.steps, a.warmup, a.seed), device, how)
+    else:
+        records = _print_vs_transformers(run(size, a.batch, a.seconds, device, a.dtype, a.steps, a.warmup, a.seed), device, how)
+    report: Any = records
+    if a.agree_steps:
+        report = {"records": records,
+                  "agreement": _print_agreement(loss_agreement(size, a.batch, a.seconds, device, a.agree_steps, a.seed))}
+    if a.out:
+        atomic_write_text(Path(a.out), json.dumps(report, indent=2) + "\n")
+
+
+def _print_vs_transformers(records: list[dict], device: str, how: str) -> list[dict]:
+    print(f"wav2vec 2.0 pretraining step, {records[0]['shape']}, on {device} ({how})")
     print(f"{'implementation':<14} {'step ms':>9} {'frames/s':>10} {'peak MB':>9} {'speed-up':>9} {'memory':>7}")
     for r in records:
         print(f"{r['impl']:<14} {r['step_ms']:9.1f} {r['frames_per_s']:10.0f} {r['peak_mb']:9.1f} "
@@ -181,5 +293,31 @@ def main(a) -> None:
     ours = records[1]
     met = ours["speedup_vs_transformers"] >= GOAL["speedup"] and ours["memory_vs_transformers"] <= GOAL["memory"]
     print(f"goal (>= {GOAL['speedup']}x faster, no more memory): {'met' if met else 'not met'}")
-    if a.out:
-        atomic_write_text(Path(a.out), json.dumps(records, indent=2) + "\n")
+    return records
+
+
+def _print_dtypes(records: list[dict], device: str, how: str) -> list[dict]:
+    from sslseq import hw
+
+    print(f"sslseq wav2vec 2.0 pretraining step, {records[0]['shape']}, on {device} ({how})")
+    if device == "cpu":
+        print(hw.cpu_bf16().describe())
+    else:
+        print(f"GPU: bf16 {'supported' if records[0]['native_bf16'] else 'not supported'}")
+    print(f"{'dtype':<6} {'step ms':>9} {'frames/s':>10} {'vs fp32':>8}")
+    for r in records:
+        print(f"{r['dtype']:<6} {r['step_ms']:9.1f} {r['frames_per_s']:10.0f} {r['speedup_vs_fp32']:7.2f}x")
+    bf = records[1]
+    ratio = bf["speedup_vs_fp32"]
+    why = "" if bf["native_bf16"] else " (no native bf16: emulated)"
+    print(f"bf16 autocast step: {ratio:.2f}x the speed of fp32 here{why}")
+    return records
+
+
+def _print_agreement(ag: dict) -> dict:
+    print(f"loss agreement: {ag['steps']} steps (AdamW, lr {ag['lr']:g}) from the same init, batch and random draws")
+    print(f"{'step':>4} {'fp32 loss':>10} {'bf16 loss':>10} {'rel diff':>9}")
+    for i, (f, h, r) in enumerate(zip(ag["fp32"], ag["bf16"], ag["rel_diff"]), 1):
+        print(f"{i:>4} {f:10.4f} {h:10.4f} {r:9.2e}")
+    print(f"max relative difference: {ag['max_rel_diff']:.2e}")
+    return ag

@@ -56,6 +56,12 @@ def _chunk_rows(k: int, device: torch.device) -> int:
     return max(256, min(CHUNK, (1 << 20) // max(k, 1) * 2))
 
 
+def _float32(device: torch.device):
+    """Distances in float32 even inside a caller's autocast region (a bf16 ``addmm`` flips
+    nearest centroids; worker threads start without autocast, the calling thread may not)."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def _row_parallel(n: int, chunk: int, workers: int, body) -> None:
     """Run ``body(start, end)`` over [0, n) split into ``workers`` contiguous chunk-aligned
     ranges, one Python thread each (torch releases the GIL in its ops).
@@ -120,7 +126,8 @@ def _assign(x, centroids, *, chunk=None, need_dist=True, workers=1):
                 i = d.argmin(1)
             labels[s:e] = i
 
-    _row_parallel(n, chunk, workers, body)
+    with _float32(device):
+        _row_parallel(n, chunk, workers, body)
     return labels, dist
 
 
@@ -149,6 +156,11 @@ def kmeans_plus_plus_init(
 ) -> torch.Tensor:
     """Greedy k-means++: each step draws ``n_local_trials`` candidates with probability
     proportional to D(x)^2 and keeps the one that lowers the potential most. Returns (k, D)."""
+    with _float32(x.device):
+        return _kmeans_plus_plus(x, k, generator, n_local_trials)
+
+
+def _kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator, n_local_trials: int | None) -> torch.Tensor:
     n, dim = x.shape
     if k > n:
         raise SslseqError(f"k-means++: k={k} clusters but only {n} points; lower --k or sample more frames")
@@ -414,7 +426,8 @@ def _assign_top2(x: torch.Tensor, centroids: torch.Tensor, chunk: int | None = N
                 labels[s:e] = 0
                 d1[s:e] = (d[:, 0] + x_sq[:, 0]).clamp_min_(0.0).sqrt_()
 
-    _row_parallel(n, chunk, workers, body)
+    with _float32(device):
+        _row_parallel(n, chunk, workers, body)
     return labels, d1, d2
 
 

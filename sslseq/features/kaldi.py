@@ -250,16 +250,19 @@ GPU_BLOCK_FRAMES = 1 << 17
 
 @contextlib.contextmanager
 def _full_precision(device: torch.device):
-    """Disable TF32 for matmuls on CUDA (a trainer may have enabled it globally)."""
-    if device.type != "cuda":
-        yield
-        return
-    prev = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev
+    """float32 matmuls: no autocast region of the caller (CPU or CUDA bf16/fp16 would run the
+    mel / DCT matmuls in half precision, and on CPU even mix dtypes and fail), and no TF32 on
+    CUDA (a trainer may have enabled it globally)."""
+    with torch.autocast(device_type=device.type, enabled=False):
+        if device.type != "cuda":
+            yield
+            return
+        prev = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = prev
 
 
 def _log_mel_and_energy(
@@ -380,7 +383,8 @@ def add_deltas(feats: Tensor, frame_lengths: Tensor | None = None, order: int = 
     src = torch.minimum(src.clamp_min(0), (frame_lengths[:, None] - 1).clamp_min(0))
     ext = feats.gather(1, src[..., None].expand(b, t + 2 * half, d))  # (B, T + 2h, D)
     windows = ext.unfold(1, 2 * half + 1, 1)  # (B, T, D, 2h + 1)
-    out = windows @ _delta_scales(order, window).to(device=feats.device, dtype=feats.dtype)  # (B, T, D, order+1)
+    with _full_precision(feats.device):
+        out = windows @ _delta_scales(order, window).to(device=feats.device, dtype=feats.dtype)  # (B, T, D, order+1)
     out = out.transpose(2, 3).reshape(b, t, d * (order + 1))
     out = _mask(out, frame_lengths)
     return out[0] if squeeze else out

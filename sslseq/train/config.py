@@ -61,7 +61,7 @@ class TrainConfig:
     init: str | None = None  # ctc: pretrained experiment dir, or "none" for random init
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (GPU: bf16 where supported, else fp16 with loss scaling; CPU: fp32)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (GPU: bf16 where supported, else fp16 with loss scaling; CPU: bf16 with AMX-BF16/AVX512-BF16, else fp32)
     compile: bool = False  # torch.compile the model (dynamic shapes; the first steps compile)
     # DDP: parameters a step may leave without gradient (CTC's frozen encoder, an unused mask
     # embedding) need find_unused_parameters; None: true for CTC, false otherwise (it costs a

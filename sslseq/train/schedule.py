@@ -76,3 +76,10 @@ def lr_at(step: int, optim) -> float:
     if optim.schedule == "constant":
         return linear_lr(step, lr=optim.lr, warmup_steps=optim.warmup_steps, max_steps=10**18, end_lr=optim.lr)
     raise SslseqError(f"optim.schedule '{optim.schedule}' is unknown; use one of: {', '.join(SCHEDULES)}")
+
+
+def warmup_steps(optim) -> int:
+    """Steps of the learning-rate warmup of an ``OptimConfig`` (the tri-stage's first phase)."""
+    if optim.schedule == "tri_stage":
+        return int(optim.max_steps * optim.phase_ratio[0])
+    return int(optim.warmup_steps)

@@ -34,7 +34,8 @@ from sslseq.data.dataset import SpeechDataset, collate
 from sslseq.train import checkpoint as ckpt
 from sslseq.train.config import TrainConfig, config_diff, load_train_config, semantic_dict
 from sslseq.train.health import HealthMonitor
-from sslseq.train.schedule import lr_at
+from sslseq.train.log import LOG, JsonLog
+from sslseq.train.schedule import lr_at, warmup_steps
 from sslseq.utils import SslseqError, atomic_write_text, get_logger, progress
 
 log = get_logger(__name__)
@@ -87,13 +88,27 @@ def model_config_dict(model: torch.nn.Module, fallback: dict[str, Any]) -> dict[
 
 def resolve_precision(precision: str, cpu: bool) -> str:
     """``auto``: bf16 on GPUs that support it, fp16 (with accelerate's loss scaler) on older
-    GPUs, fp32 on the CPU. The models keep CTC, the quantizer's softmax and the contrastive
-    logits in fp32 themselves."""
-    if precision != "auto":
+    GPUs; on the CPU bf16 where it has bf16 matrix instructions (AMX-BF16, AVX512-BF16,
+    aarch64 BF16: ``sslseq.hw``), else fp32, since emulated bf16 is many times slower. The
+    models keep CTC, the quantizer's softmax, the contrastive logits and the fbank in fp32
+    themselves, under either autocast."""
+    if not cpu:
+        if precision != "auto":
+            return precision
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    from sslseq import hw
+
+    if precision not in ("auto", "bf16"):
         return precision
-    if cpu:
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    support = hw.cpu_bf16()
+    if precision == "auto":
+        chosen = "bf16" if support.native else "fp32"
+        log.info("precision=auto: %s -> %s", support.describe(), chosen)
+        return chosen
+    if not support.native:
+        log.warning("precision=bf16 on a CPU without bf16 matrix instructions will be slow (bf16 matmuls "
+                    "are emulated, many times slower than fp32); %s. Use precision=auto or fp32 here", support.describe())
+    return precision
 
 
 def _resolve_device(device: str) -> bool:
@@ -101,31 +116,6 @@ def _resolve_device(device: str) -> bool:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SslseqError(f"device={device} but no CUDA GPU is visible; use device=cpu or device=auto")
     return device == "cpu" or not torch.cuda.is_available()
-
-
-class _JsonLog:
-    """Append-only JSON lines; on resume, lines after the resumed step are dropped."""
-
-    def __init__(self, path: Path, resume_step: int):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_file():
-            kept = []
-            for line in path.read_text().splitlines():
-                try:
-                    if json.loads(line).get("step", 0) <= resume_step:
-                        kept.append(line)
-                except json.JSONDecodeError:
-                    pass  # a line cut by a kill
-            atomic_write_text(path, "".join(f"{line}\n" for line in kept))
-        self.f = open(path, "a", encoding="utf-8")
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.f.write(json.dumps(record) + "\n")
-        self.f.flush()
-
-    def close(self) -> None:
-        self.f.close()
 
 
 class Trainer:
@@ -444,7 +434,10 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean loss per unit over the valid set (and greedy CER/WER for CTC)."""
+        """Mean loss per unit over the valid set; for CTC also greedy CER/WER and how blank the
+        output is: ``valid_blank_frac`` (blank argmax over valid frames), ``valid_empty_frac``
+        (empty hypotheses) and ``valid_short_frac`` (utterances with fewer frames than their
+        transcript needs: units plus one blank between repeated units)."""
         from accelerate.utils import gather_object
 
         acc = self.accelerator
@@ -466,6 +459,8 @@ class Trainer:
         model.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         ss_sum = 0
+        # blank frames, valid frames, empty hypotheses, utterances, utterances too short for CTC
+        blank_stats = torch.zeros(5, dtype=torch.float64, device=self.device)
         hyps: list[str] = []
         refs: list[str] = []
         try:
@@ -495,17 +490,26 @@ class Trainer:
                         blank=self.tokenizer.blank_id, reduction="sum", zero_infinity=True,
                     ).double()
                     ss_sum += int(b["target_lens"].sum())
+                    blank_stats += self._blank_stats(lp, lens, b["targets"], valid)
                     for ids in greedy_decode(lp, lens, blank=self.tokenizer.blank_id):
                         hyps.append(self.tokenizer.decode(ids))
+                        blank_stats[2] += len(ids) == 0
                     refs += batch["texts"]
         finally:
             np.random.set_state(np_state)
             random.setstate(py_state)
             model.train(was_training)
-        totals = acc.reduce(torch.stack([loss_sum, torch.tensor(float(ss_sum), dtype=torch.float64, device=self.device)]), "sum")
+        ss = torch.tensor([float(ss_sum)], dtype=torch.float64, device=self.device)
+        totals = acc.reduce(torch.cat([loss_sum[None], ss, blank_stats]), "sum")
         result = {"valid_loss": float(totals[0] / max(float(totals[1]), 1.0))}
         if self.cfg.task == "ctc":
             import jiwer
+
+            blank, frames, empty, utts, short = (float(v) for v in totals[2:])
+            if utts:
+                result["valid_blank_frac"] = blank / max(frames, 1.0)
+                result["valid_empty_frac"] = empty / utts
+                result["valid_short_frac"] = short / utts
 
             pairs = [(r, h) for r, h in zip(gather_object(refs), gather_object(hyps)) if r.strip()]
             if pairs:
@@ -513,6 +517,16 @@ class Trainer:
                 result["valid_cer"] = float(jiwer.cer(r, h))
                 result["valid_wer"] = float(jiwer.wer(r, h))
         return result
+
+    def _blank_stats(self, lp: torch.Tensor, lens: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """[blank argmax frames, valid frames, 0 (empty hypotheses: counted by the caller),
+        utterances, utterances with fewer frames than CTC needs] of one batch."""
+        frames = torch.arange(lp.size(1), device=lp.device)[None, :] < lens[:, None]
+        blank = (lp.argmax(-1) == self.tokenizer.blank_id) & frames
+        repeats = ((targets[:, 1:] == targets[:, :-1]) & valid[:, 1:]).sum(1)
+        short = lens < valid.sum(1) + repeats
+        return torch.tensor([float(blank.sum()), float(frames.sum()), 0.0, float(lens.numel()), float(short.sum())],
+                            dtype=torch.float64, device=self.device)
 
     # ------------------------------------------------------------ logging
     def _log(self, record: dict[str, Any]) -> None:
@@ -574,6 +588,8 @@ class Trainer:
         self._keep_if_best(result)
         self.stats["last_valid"] = result
         self._log({"step": self.step, "epoch": self.epoch, **result})
+        if self.is_main:
+            self.health.check_valid(self.step, result)
         log.info(
             "step %d: %s (%.1f s)", self.step, ", ".join(f"{k} {v:.4f}" for k, v in result.items()), time.time() - t0
         )
@@ -616,7 +632,8 @@ class Trainer:
         self.step = self.epoch = self.batch_index = 0
         self.stats: dict[str, Any] = {"best_valid_loss": None, "wall_time_s": 0.0, "audio_seconds": 0.0}
         self.acc: dict[str, float] = {}
-        self.health = HealthMonitor(warmup_steps=cfg.optim.warmup_steps)
+        freeze = int(getattr(getattr(self.unwrapped, "cfg", None), "freeze_encoder_steps", 0) or 0)
+        self.health = HealthMonitor(warmup_steps=warmup_steps(cfg.optim), freeze_steps=freeze)
         self._resume()
         self._wall_base, self._t_start = float(self.stats.get("wall_time_s", 0.0)), time.time()
 
@@ -625,7 +642,7 @@ class Trainer:
         if self.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.jsonl = _JsonLog(self.out_dir / "log" / "train.jsonl", self.step)
+            self.jsonl = JsonLog(self.out_dir / LOG, self.step)
             self.tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.step or None)
         o = cfg.optim
         last = min(o.max_steps, stop_at_step) if stop_at_step is not None else o.max_steps
