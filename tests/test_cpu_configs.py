@@ -122,6 +122,7 @@ def test_cpu_config_builds_at_25_hz_and_trains_a_step(family):
 def test_ctc_cpu_config_fine_tunes_each_family_and_scratch_has_its_layout(family):
     """The family's CTC config takes the pretrained encoder; init=none builds the same layout."""
     from sslseq.models import CTCModel
+    from sslseq.models.ctc import TOP_LEVEL_FT_FIELDS
 
     ctc_file = CONF / f"ctc_{family}_cpu.yaml"
     ctc_file = ctc_file if ctc_file.is_file() else CONF / "ctc_cpu.yaml"
@@ -136,6 +137,9 @@ def test_ctc_cpu_config_fine_tunes_each_family_and_scratch_has_its_layout(family
     if family == "hubert":
         model_cfg["num_classes"] = 20
     ssl = build_model(model_cfg)
-    over = {k: v for k, v in ctc["model"].items()}
-    m = CTCModel.from_pretrained(ssl, {**over, "vocab_size": 30})
+    # as the trainer passes it: the CTC config's model section with the scratch encoder section
+    # (YAML lists, where the pretrained config holds tuples)
+    enc = {k: v for k, v in scratch_enc.items() if k not in TOP_LEVEL_FT_FIELDS}
+    enc["encoder"] = {k: v for k, v in enc["encoder"].items() if k not in TOP_LEVEL_FT_FIELDS}
+    m = CTCModel.from_pretrained(ssl, {**ctc["model"], "encoder": enc, "vocab_size": 30})
     assert m.frame_rate == 25.0

@@ -84,7 +84,8 @@ def resolve_encoder_config(cfg: CTCConfig) -> SpeechEncoderConfig:
 
 def _architecture(enc: dict[str, Any]) -> dict[str, Any]:
     arch = {k: v for k, v in enc.items() if k not in _ENCODER_FT_FIELDS and k != "encoder"}
-    arch["conv_layers"] = [list(layer) for layer in arch.get("conv_layers", [])]
+    for key in ("conv_layers", "fbank_conv_layers"):  # tuples from a dataclass, lists from YAML
+        arch[key] = [list(layer) for layer in arch.get(key, [])]
     arch["encoder"] = {k: v for k, v in enc["encoder"].items() if k not in _TRANSFORMER_FT_FIELDS}
     return arch
 
