@@ -23,18 +23,18 @@ ngpu=1                 # training processes per node (torchrun data parallel whe
 num_nodes=1            # training nodes (needs --cmd slurm: one job of num_nodes x ngpu GPUs, torchrun on each node)
 tiny=false             # a tiny corpus and a few steps (tests: whole recipe in minutes)
 seed=0                 # random seed for the corpus, subsets, k-means and training
-hours=3                # audio to obtain (corpora that synthesize or choose a size)
+hours=10               # hours of train audio to obtain (corpora that synthesize or choose a size; synth_en: dev, test 0.3 h each)
 train_set=train        # unlabeled pretraining data
 dev_set=dev            # validation during training
 test_sets="dev test"   # decoded and scored in stage 7
-subset=                # labeled subset for CTC (duration, e.g. 10min, 1h); default 30min (tiny: 1min)
+subsets="10min 1h"     # labeled subsets for CTC (durations, Libri-light's names; nested: same seed); tiny: 1min
 feat_type=mfcc         # features for the first k-means iteration
 k=                     # clusters; default 100 (tiny: 20)
 model=hubert           # SSL family to pretrain
 iterations=1           # HuBERT iterations: 2+ runs stage 5 (layer features → k-means → pretrain again)
 iter_config=           # layer and K of each iteration after the first; default recipes/conf/hubert_iterations.yaml
-pretrain_config=       # pretraining YAML; default recipes/conf/pretrain_${model}_tiny.yaml
-ctc_config=            # default: recipes/conf/ctc_${model}_tiny.yaml if there is one, else ctc_tiny.yaml
+pretrain_config=       # pretraining YAML; default recipes/conf/pretrain_${model}_cpu.yaml (fbank → 25 Hz, 2-core sized)
+ctc_config=            # default: recipes/conf/ctc_${model}_cpu.yaml if there is one, else ctc_cpu.yaml
 pretrain_steps=        # override optim.max_steps of the pretraining config
 ctc_steps=             # override optim.max_steps of the CTC config
 
@@ -42,22 +42,23 @@ help_message="Usage: egs/<corpus>/run.sh [options]
   Stages: 0 corpus + data dirs, 1 validate + labeled subset, 2 features, 3 k-means targets,
           4 pretraining, 5 HuBERT iteration 2+ (--iterations), 6 CTC fine-tuning (pretrained
           and from scratch), 7 decoding + WER (RESULTS.md).
-  e.g. run.sh --stage 0 --stop-stage 3; run.sh --stage 4 --model hubert; run.sh --stage 6 --subset 1h
+  e.g. run.sh --stage 0 --stop-stage 3; run.sh --stage 4 --model hubert; run.sh --stage 6 --subsets 1h
        run.sh --stage 5 --iterations 2   # HuBERT iteration 2 on layer features of iteration 1"
 . "$root_dir/tools/parse_options.sh"
 
 tiny_overrides=()
 if [ "$tiny" = true ]; then
-  subset=${subset:-1min}; k=${k:-20}
+  subsets=1min; k=${k:-20}
   pretrain_steps=${pretrain_steps:-30}; ctc_steps=${ctc_steps:-30}
   # small batches, and checkpoints often enough that a killed run really resumes mid-way
   tiny_overrides=(data.max_batch_seconds=20 save_interval=10 valid_interval=30 max_valid_batches=2)
 fi
-subset=${subset:-30min}; k=${k:-100}
-pretrain_config=${pretrain_config:-$root_dir/recipes/conf/pretrain_${model}_tiny.yaml}
-# ctc_tiny.yaml's encoder section (init=none) is model_hubert_tiny's; other architectures bring their own.
-default_ctc=$root_dir/recipes/conf/ctc_${model}_tiny.yaml
-[ -f "$default_ctc" ] || default_ctc=$root_dir/recipes/conf/ctc_tiny.yaml
+k=${k:-100}
+[ -n "$subsets" ] || die "--subsets: at least one labeled subset is needed (e.g. --subsets \"10min 1h\")"
+pretrain_config=${pretrain_config:-$root_dir/recipes/conf/pretrain_${model}_cpu.yaml}
+# ctc_cpu.yaml's encoder section (init=none) is model_hubert_cpu's; other layouts bring their own.
+default_ctc=$root_dir/recipes/conf/ctc_${model}_cpu.yaml
+[ -f "$default_ctc" ] || default_ctc=$root_dir/recipes/conf/ctc_cpu.yaml
 ctc_config=${ctc_config:-$default_ctc}
 [ -f "$pretrain_config" ] || die "no pretraining config $pretrain_config (--model $model, --pretrain-config)"
 [ -f "$ctc_config" ] || die "no CTC config $ctc_config (--ctc-config)"
@@ -72,14 +73,14 @@ if [ "$iterations" -gt 1 ]; then
 fi
 
 mkdir -p "$workdir" && cd "$workdir"
-labeled=${train_set}_${subset}
 label_tag=${feat_type}_k${k}
 # HuBERT learns from the k-means labels; the other families make their own targets, so their
 # pretraining neither names nor waits for a label set.
 uses_labels=false; [ "$model" != hubert ] || uses_labels=true
 pretrain_tag=$(basename "$pretrain_config" .yaml); [ "$uses_labels" = false ] || pretrain_tag=${pretrain_tag}_${label_tag}
 pretrain_dir=exp/${pretrain_tag}
-ctc_tag=$(basename "$ctc_config" .yaml)_${labeled}
+# The CTC experiment of labeled subset $1 from init $2 (a pretrained dir or none).
+ctc_dir() { if [ "$2" = none ]; then echo "exp/$(basename "$ctc_config" .yaml)_${train_set}_$1_scratch"; else echo "exp/$(basename "$ctc_config" .yaml)_${train_set}_$1_from_$(basename "$2")"; fi; }
 steps_override() { [ -z "$1" ] || echo "optim.max_steps=$1"; }
 [[ "$ngpu" =~ ^[1-9][0-9]*$ ]] || die "--ngpu $ngpu: a positive number of processes is needed"
 [[ "$num_nodes" =~ ^[1-9][0-9]*$ ]] || die "--num-nodes $num_nodes: a positive number of nodes is needed"
@@ -112,10 +113,10 @@ iteration() {
   it_dir=exp/$(basename "$it_config" .yaml)_${it_label_tag}
 }
 # Stages 6-7 fine-tune the last iteration's model.
-final_pretrain_dir=$pretrain_dir final_pretrain_tag=$pretrain_tag
+final_pretrain_dir=$pretrain_dir
 for ((i = 2; i <= iterations; i++)); do
   iteration "$i"
-  final_pretrain_dir=$it_dir final_pretrain_tag=$(basename "$it_dir")
+  final_pretrain_dir=$it_dir
 done
 
 # Features of type $1 for the sets $2 into dump/$3/<set> (--nj shards); type layer also takes
@@ -188,15 +189,17 @@ fi
 
 # ---------------------------------------------------------------- 1: validate, labeled subset
 if run_stage 1; then
-  log "stage 1: validate data dirs, labeled subset of $subset"
+  log "stage 1: validate data dirs, labeled subsets $subsets"
   for set in $all_sets; do
     sslseq data validate "data/$set"
   done
-  opts="subset=$subset seed=$seed data=$(marker_id data)"
-  if stage_todo "data/$labeled" "$opts"; then
-    sslseq data subset --duration "$subset" --seed "$seed" "data/$train_set" "data/$labeled"
-    mark_done "data/$labeled" "$opts"
-  fi
+  for sub in $subsets; do
+    opts="subset=$sub seed=$seed data=$(marker_id data)"
+    if stage_todo "data/${train_set}_$sub" "$opts"; then
+      sslseq data subset --duration "$sub" --seed "$seed" "data/$train_set" "data/${train_set}_$sub"
+      mark_done "data/${train_set}_$sub" "$opts"
+    fi
+  done
 fi
 
 # ---------------------------------------------------------------- 2: features
@@ -239,16 +242,19 @@ fi
 
 # ---------------------------------------------------------------- 6: CTC fine-tuning
 if run_stage 6; then
-  for init in "$final_pretrain_dir" none; do
-    if [ "$init" = none ]; then out=exp/${ctc_tag}_scratch; else out=exp/${ctc_tag}_from_${final_pretrain_tag}; fi
-    log "stage 6: CTC on $labeled, init=$init → $out"
-    init_id=none; [ "$init" = none ] || init_id=$(marker_id "$init")
-    opts="config=$(md5sum < "$ctc_config" | cut -c1-12) steps=$ctc_steps tiny=$tiny seed=$seed init=$init_id data=$(marker_id "data/$labeled")"
-    if stage_todo "$out" "$opts"; then
-      train "$out" "$ctc_config" init="$init" seed="$seed" device="$device" \
-        data.train="data/$labeled" data.valid="data/$dev_set" $(steps_override "$ctc_steps") "${tiny_overrides[@]}"
-      mark_done "$out" "$opts"
-    fi
+  for sub in $subsets; do
+    labeled=${train_set}_$sub
+    for init in "$final_pretrain_dir" none; do
+      out=$(ctc_dir "$sub" "$init")
+      log "stage 6: CTC on $labeled, init=$init → $out"
+      init_id=none; [ "$init" = none ] || init_id=$(marker_id "$init")
+      opts="config=$(md5sum < "$ctc_config" | cut -c1-12) steps=$ctc_steps tiny=$tiny seed=$seed init=$init_id data=$(marker_id "data/$labeled")"
+      if stage_todo "$out" "$opts"; then
+        train "$out" "$ctc_config" init="$init" seed="$seed" device="$device" \
+          data.train="data/$labeled" data.valid="data/$dev_set" $(steps_override "$ctc_steps") "${tiny_overrides[@]}"
+        mark_done "$out" "$opts"
+      fi
+    done
   done
 fi
 
@@ -256,7 +262,8 @@ fi
 if run_stage 7; then
   log "stage 7: decode and score $test_sets"
   decode_dirs=()
-  for exp in exp/${ctc_tag}_from_${final_pretrain_tag} exp/${ctc_tag}_scratch; do
+  exps=(); for sub in $subsets; do exps+=("$(ctc_dir "$sub" "$final_pretrain_dir")" "$(ctc_dir "$sub" none)"); done
+  for exp in "${exps[@]}"; do
     for set in $test_sets; do
       out=$exp/decode_$set
       opts="model=$(marker_id "$exp") data=$(marker_id data)"

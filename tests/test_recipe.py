@@ -120,18 +120,18 @@ def test_killed_stages_rerun_to_the_same_outputs(tiny_run: Path, tmp_path: Path)
 
 
 def test_hubert_iteration_2_on_layer_features(tiny_run: Path):
-    """Stage 5: layer 3 of the iteration-1 model → k-means → a new HuBERT on 50 Hz labels, which
+    """Stage 5: layer 3 of the iteration-1 model → k-means → a new HuBERT on 25 Hz labels, which
     stages 6-7 then fine-tune and score (after the tests above, which use iteration 1's outputs)."""
     r = run_recipe(tiny_run, "--stage", "5", "--iterations", "2")
-    assert "stage 5: HuBERT iteration 2: layer 3 of exp/pretrain_hubert_tiny_mfcc_k20" in r.stderr
+    assert "stage 5: HuBERT iteration 2: layer 3 of exp/pretrain_hubert_cpu_mfcc_k20" in r.stderr
     feats = yaml.safe_load((tiny_run / "dump/layer_it2_L3/train/feats.yaml").read_text())
-    assert feats["type"] == "layer" and feats["layer"] == 3 and feats["frame_rate"] == 50.0
+    assert feats["type"] == "layer" and feats["layer"] == 3 and feats["frame_rate"] == 25.0
     labels = yaml.safe_load((tiny_run / "dump/labels/it2_L3_k100/labels.yaml").read_text())
-    assert labels["label_rate"] == 50.0 and labels["k"] == 100
-    it2 = tiny_run / "exp/pretrain_hubert_tiny_it2_L3_k100"
-    assert yaml.safe_load((it2 / "config.yaml").read_text())["model"]["label_rate"] == 50.0
+    assert labels["label_rate"] == 25.0 and labels["k"] == 100
+    it2 = tiny_run / "exp/pretrain_hubert_cpu_it2_L3_k100"
+    assert yaml.safe_load((it2 / "config.yaml").read_text())["model"]["label_rate"] == 25.0
     results = (tiny_run / "exp/RESULTS.md").read_text()
-    assert "ctc_tiny_train_1min_from_pretrain_hubert_tiny_it2_L3_k100" in results
+    assert "ctc_cpu_train_1min_from_pretrain_hubert_cpu_it2_L3_k100" in results
     # a rerun of the same iteration skips it
     r = run_recipe(tiny_run, "--stage", "5", "--stop-stage", "5", "--iterations", "2")
     assert "stage took" not in r.stderr
@@ -172,5 +172,5 @@ def test_pretraining_with_two_processes_through_torchrun(tiny_run: Path, tmp_pat
     for km in tiny_run.glob("exp/kmeans_*"):
         shutil.copytree(km, workdir / km.relative_to(tiny_run), symlinks=True)
     run_recipe(workdir, "--stage", "4", "--stop-stage", "4", "--ngpu", "2", "--device", "cpu", "--pretrain-steps", "6")
-    summary = yaml.safe_load((workdir / "exp/pretrain_hubert_tiny_mfcc_k20/train_summary.yaml").read_text())
+    summary = yaml.safe_load((workdir / "exp/pretrain_hubert_cpu_mfcc_k20/train_summary.yaml").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 6

@@ -418,7 +418,7 @@ def test_real_slurm_runs_the_recipe_feature_and_label_stages(real_slurm, tmp_pat
                         "--device", "cpu", "--pretrain-steps", "4", "--stage", "4", "--stop-stage", "4",
                         "--workdir", str(tmp_path)], env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-6000:]
-    pretrain = tmp_path / "exp/pretrain_hubert_tiny_mfcc_k20"
+    pretrain = tmp_path / "exp/pretrain_hubert_cpu_mfcc_k20"
     log = (pretrain / "log/train.log").read_text()
     assert "(Slurm job " in log and "rc=0" in log and "launch_train.sh 2 train" in log, log[-3000:]
     assert "#SBATCH --cpus-per-task=2" in (pretrain / "log/q/train.sh").read_text()
