@@ -3,7 +3,7 @@
 # sentences (King James Bible, Debian's bible-kjv), 40+ speakers, 16 kHz.
 #   bash run.sh                       # the whole recipe (about 3 h of audio; ~45 min on 2 cores)
 #   bash run.sh --tiny true           # a few minutes of audio, a few steps (what the tests run)
-#   bash run.sh --stage 6 --subset 10min
+#   bash run.sh --stage 6 --subsets 10min
 # All options: bash run.sh --help
 set -euo pipefail
 cd "$(dirname "$0")"
