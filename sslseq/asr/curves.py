@@ -1,6 +1,6 @@
 """Learning curves of a recipe's experiments as one PNG (``RESULTS.png`` beside ``RESULTS.md``).
 
-Four panels from each experiment's ``log/train.jsonl`` (``sslseq.train.log``): the pretraining
+Four panels from each experiment's ``log/train.jsonl`` (``sslseq.models.train_log``): the pretraining
 runs' train loss (dashed: dev loss) and masked-frame accuracy against steps, and each CTC
 run's dev CER and WER against steps, labelled ``from <pretraining run>`` or ``scratch``.
 A CTC experiment's pretraining run is the ``init:`` of its ``config.yaml``. Experiments
@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from sslseq.asr.report import init_of, resolve_recipe_path
-from sslseq.train.log import LOG, read_train_log
+from sslseq.models.train_log import LOG, read_train_log
 from sslseq.utils import atomic_path, get_logger
 
 __all__ = ["Experiment", "find_experiments", "plot_curves"]

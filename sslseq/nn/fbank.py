@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslseq.features import kaldi
+from sslseq.nn.frontend import conv_output_lengths
 from sslseq.utils import SslseqError
 
 __all__ = ["FbankFrontend", "FbankConvFrontend", "FAST_CONV_LAYERS"]
@@ -85,9 +86,6 @@ class FbankConvFrontend(nn.Module):
 
     def __init__(self, num_mel_bins: int = 80, conv_layers=FAST_CONV_LAYERS, sample_rate: int = 16000):
         super().__init__()
-        from sslseq.nn.frontend import conv_output_lengths
-
-        self._conv_lengths = conv_output_lengths
         self.fbank = FbankFrontend(num_mel_bins, 1, sample_rate)
         self.conv_layers_spec = [tuple(int(v) for v in layer) for layer in conv_layers]
         if not self.conv_layers_spec or any(len(l) != 3 or min(l) < 1 for l in self.conv_layers_spec):
@@ -106,7 +104,7 @@ class FbankConvFrontend(nn.Module):
         self.receptive_field = self.fbank.receptive_field + shift * (frames - 1)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return self._conv_lengths(self.fbank.output_lengths(lengths), self.conv_layers_spec)
+        return conv_output_lengths(self.fbank.output_lengths(lengths), self.conv_layers_spec)
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if wav.dim() == 2 and wav.size(1) < self.receptive_field:

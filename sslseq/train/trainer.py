@@ -34,7 +34,7 @@ from sslseq.data.dataset import SpeechDataset, collate
 from sslseq.train import checkpoint as ckpt
 from sslseq.train.config import TrainConfig, config_diff, load_train_config, semantic_dict
 from sslseq.train.health import HealthMonitor
-from sslseq.train.log import LOG, JsonLog
+from sslseq.models.train_log import LOG, JsonLog
 from sslseq.train.schedule import lr_at, warmup_steps
 from sslseq.utils import SslseqError, atomic_write_text, get_logger, progress
 

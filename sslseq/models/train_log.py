@@ -1,4 +1,5 @@
-"""``<exp_dir>/log/train.jsonl``: the trainer's metrics, one JSON record per line.
+"""``<exp_dir>/log/train.jsonl``: the trainer's metrics, one JSON record per line (part of an experiment
+dir, so it lives in models/, below both the trainer that writes it and the reports that read it).
 
 Training records hold ``step``, ``epoch``, ``loss``, ``lr``, ``grad_norm`` and the model's logs
 (e.g. ``acc_m``); validation records hold ``step``, ``epoch`` and the ``valid_*`` metrics.
