@@ -361,7 +361,7 @@ def test_config_errors():
         cfg = small_w2vbert()
         cfg["encoder"]["encoder"]["layer_type"] = "lstm"
         build_model(cfg)
-    with pytest.raises(SslseqError, match="frontend must be 'conv' or 'fbank'"):
+    with pytest.raises(SslseqError, match="frontend must be 'conv', 'fbank' or 'fbank_conv', got 'mfcc'"):
         build_model(small_w2vbert(encoder={**small_w2vbert()["encoder"], "frontend": "mfcc"}))
     with pytest.raises(SslseqError, match="Did you mean: num_mlm_layers"):
         build_model(small_w2vbert(num_mlm_layer=1))
