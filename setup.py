@@ -20,7 +20,7 @@ setup(
         "tqdm>=4.60",
         "tensorboard>=2.12",
         "accelerate>=0.30",
-        "matplotlib>=3.5",  # RESULTS.png learning curves (Agg backend, no display)
+        "matplotlib>=3.7",  # RESULTS.png learning curves (Agg backend, no display)
     ],
     extras_require={
         "test": ["pytest>=7", "kaldi-native-fbank>=1.18", "scikit-learn>=1.3", "faiss-cpu>=1.7", "transformers>=4.40",

@@ -117,7 +117,7 @@ def plot_curves(exp_dirs: list[Path], out: Path, title: str | None = None) -> tu
 
     pre = [e for e in exps if e.task == "pretrain"]
     ctc = [e for e in exps if e.task == "ctc"]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 10), layout="constrained")
     (ax_loss, ax_acc), (ax_cer, ax_wer) = axes
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
@@ -139,11 +139,13 @@ def plot_curves(exp_dirs: list[Path], out: Path, title: str | None = None) -> tu
     positive = [x for x in losses if x > 0]
     if positive and len(positive) == len(losses) and max(positive) / min(positive) > 5:
         ax_loss.set_yscale("log")
+    # CTC runs: one color each, dashed from scratch; their (long) names in one legend below.
     for ax, key, name in ((ax_cer, "valid_cer", "CER"), (ax_wer, "valid_wer", "WER")):
         for i, e in enumerate(ctc):
             s, v = _series(e.records, key, 100.0)
             if s:
-                ax.plot(s, v, color=colors[i % len(colors)], marker="o", markersize=3, label=e.label)
+                style = "--" if e.label.endswith("(scratch)") else "-"
+                ax.plot(s, v, color=colors[i % len(colors)], linestyle=style, marker="o", markersize=3, label=e.label)
         ax.set_title(f"CTC fine-tuning: dev {name} (greedy)")
         ax.set_ylabel(f"{name} %")
     ax_loss.set_title("Pretraining: loss per unit")
@@ -154,9 +156,13 @@ def plot_curves(exp_dirs: list[Path], out: Path, title: str | None = None) -> tu
         ax.set_xlabel("update step")
         ax.grid(True, alpha=0.3)
         if ax.lines:
-            ax.legend(fontsize="small")
+            if ax in (ax_loss, ax_acc):
+                ax.legend(fontsize="small")
         else:
             ax.text(0.5, 0.5, "nothing logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+    handles, labels = (ax_cer if ax_cer.lines else ax_wer).get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(2, len(handles)), fontsize="small")
     fig.suptitle(title or "Learning curves", fontsize="large")
     out = Path(out)
     with atomic_path(out) as tmp:
