@@ -486,7 +486,7 @@ def test_results_draws_learning_curves_and_skips_missing_logs(tmp_path):
     assert "![learning curves](RESULTS.png)" in md and png.is_file()
     assert "- exp/ctc_nolog: no log/train.jsonl; its curves are left out" in md  # a note, not a crash
     img = Image.open(png)
-    assert img.format == "PNG" and img.size == (1200, 850)
+    assert img.format == "PNG" and img.size == (1300, 1000)
     colors = img.convert("RGB").getcolors(maxcolors=1 << 20)
     assert len(colors) > 50  # lines, text and legends, not a blank canvas
     assert png.stat().st_size > 20_000
