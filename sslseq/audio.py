@@ -153,6 +153,18 @@ def read_audio(
     return np.clip(x, -1.0, 1.0)
 
 
+def speed_perturb(x: np.ndarray, factor: float, sample_rate: int = 16000) -> np.ndarray:
+    """``x`` played ``factor`` times faster (Kaldi's speed perturbation: tempo and pitch change
+    together, ``len / factor`` samples): ``x`` resampled as if it were at ``sample_rate * factor``."""
+    if factor <= 0:
+        raise SslseqError(f"speed perturbation factor must be positive, got {factor}")
+    if factor == 1.0:
+        return x
+    import soxr
+
+    return soxr.resample(x, sample_rate * factor, sample_rate, quality="HQ").astype(np.float32, copy=False)
+
+
 def audio_info(spec: str, *, allow_pipes: bool = False, where: str = "") -> tuple[int, int, int]:
     """(sample_rate, channels, num_samples) from the header; pipes are run and decoded fully."""
     if is_pipe(spec):

@@ -176,6 +176,36 @@ def test_short_dropped_and_ctc_tokenized(tmp_path):
         SpeechDataset(bad, tokenizer=tok)
 
 
+def _peak_hz(x: np.ndarray) -> float:
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.argmax(spec)) * SR / len(x)
+
+
+def test_speed_perturbation_changes_tempo_and_pitch_per_epoch(tmp_path):
+    from sslseq.audio import speed_perturb
+    from sslseq.data.text import DEFAULT_UNITS, CharTokenizer
+
+    tone = (0.5 * np.sin(2 * np.pi * 440.0 * np.arange(2 * SR) / SR)).astype(np.float32)
+    fast = speed_perturb(tone, 1.1)
+    assert abs(len(fast) - round(2 * SR / 1.1)) <= 2
+    assert _peak_hz(fast) == pytest.approx(484.0, abs=2.0)  # 440 Hz played 1.1x faster
+    assert _peak_hz(speed_perturb(tone, 0.9)) == pytest.approx(396.0, abs=2.0)
+    assert speed_perturb(tone, 1.0) is tone
+
+    data = _write_dir(tmp_path / "d", {"a": tone}, {"a": "HELLO"})
+    tok = CharTokenizer(DEFAULT_UNITS)
+    ds = SpeechDataset(data, tokenizer=tok, speed_factors=[0.9, 1.0, 1.1], seed=3)
+    lengths = {epoch: len(ds[(0, epoch)]["wav"]) for epoch in range(12)}
+    assert {round(2 * SR / n, 1) for n in lengths.values()} == {0.9, 1.0, 1.1}  # every speed is drawn
+    assert all(len(ds[(0, e)]["wav"]) == n for e, n in lengths.items())  # same (seed, epoch): same speed
+    assert ds[(0, 0)]["targets"].tolist() == tok.encode("HELLO")  # the transcript is unchanged
+    with pytest.raises(SslseqError, match="must be positive"):
+        SpeechDataset(data, tokenizer=tok, speed_factors=[0.0, 1.0])
+    km = _write_km(tmp_path / "lab" / "d.km", ["a"], [np.zeros(expected_frames(2 * SR, 100.0), int)], k=2)
+    with pytest.raises(SslseqError, match="cannot follow speed perturbation"):
+        SpeechDataset(data, labels=km, speed_factors=[0.9, 1.1])
+
+
 def test_collate_pads():
     items = [
         {"utt": "a", "wav": np.ones(5, np.float32), "labels": np.array([1, 2]), "targets": None, "text": None},

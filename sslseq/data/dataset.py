@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         random_crop: bool = True,
         seed: int = 0,
         allow_pipes: bool = False,
+        speed_factors: Sequence[float] = (),
     ):
         from sslseq.data.kaldi import load_data_dir
 
@@ -63,6 +64,15 @@ class SpeechDataset(torch.utils.data.Dataset):
         self.label_rate: float | None = None
         self.num_classes: int | None = None
         self.labels_path = Path(labels) if labels is not None else None
+        # Speed perturbation: each item at one of these speeds, drawn per (seed, epoch, item).
+        self.speed_factors = tuple(float(f) for f in speed_factors)
+        if any(not f > 0 for f in self.speed_factors):
+            raise SslseqError(f"data.speed_perturb: speeds must be positive, got {list(self.speed_factors)}")
+        if self.speed_factors and labels is not None:
+            raise SslseqError(
+                f"{labels}: frame labels cannot follow speed perturbation (they would no longer align with the "
+                "audio); use data.speed_perturb for CTC fine-tuning only"
+            )
 
         all_labels = self._read_labels(data) if labels is not None else None
         keep: list[int] = []
@@ -184,7 +194,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         """Keys: idx, utt, wav (float32), labels (int64 | None), targets (int64 | None), text."""
         idx, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         utt = self.utts[idx]
-        from sslseq.audio import read_audio
+        from sslseq.audio import read_audio, speed_perturb
 
         wav = read_audio(
             self.specs[idx],
@@ -193,6 +203,9 @@ class SpeechDataset(torch.utils.data.Dataset):
             where=f"{self.data_dir / 'wav.scp'}: {utt}",
         )
         labels = self.labels[idx] if self.labels is not None else None
+        if self.speed_factors:
+            rng = np.random.default_rng([self.seed, epoch, idx, 1])
+            wav = speed_perturb(wav, self.speed_factors[rng.integers(len(self.speed_factors))], self.sample_rate)
         if self.crop and len(wav) > self.max_samples:
             off = self.crop_offset(idx, len(wav), epoch)
             wav = wav[off : off + self.max_samples]

@@ -32,6 +32,7 @@ class DataConfig:
     min_sample_seconds: float = 0.5  # shorter utterances dropped
     sample_rate: int = 16000
     num_workers: int = 0  # DataLoader worker processes
+    speed_perturb: list[float] = field(default_factory=list)  # train speeds, e.g. [0.9, 1.0, 1.1] (CTC only); []: off
 
 
 @dataclass

@@ -174,7 +174,9 @@ class Trainer:
         if cfg.task == "pretrain" and not self.use_labels and (d.labels_train or d.labels_valid):
             log.info("model %s needs no labels: data.labels_train / data.labels_valid are not read", cfg.model.get("name"))
         labels_train = d.labels_train if self.use_labels else None
-        self.train_set = SpeechDataset(d.train, labels=labels_train, random_crop=True, **common)
+        self.train_set = SpeechDataset(
+            d.train, labels=labels_train, random_crop=True, speed_factors=d.speed_perturb, **common
+        )
         self.valid_set = None
         if d.valid:
             labels_valid = d.labels_valid if self.use_labels else None
