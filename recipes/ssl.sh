@@ -161,8 +161,9 @@ kmeans_targets() {
 
 # Pretrain with config $1 into $2 on the labels dump/labels/$3 (for HuBERT; the others ignore them).
 pretrain() {
-  local config=$1 out=$2 labels=dump/labels/$3 opts
-  opts="config=$(md5sum < "$config" | cut -c1-12) steps=$pretrain_steps tiny=$tiny seed=$seed"
+  local config=$1 out=$2 labels=dump/labels/$3 opts config_id
+  config_id=$(sslseq config digest "$config")  # the YAML and the model_config it includes
+  opts="config=$config_id steps=$pretrain_steps tiny=$tiny seed=$seed"
   [ "$uses_labels" = false ] || opts="$opts labels=$(marker_id "$labels")"
   if stage_todo "$out" "$opts"; then
     train "$out" "$config" seed="$seed" device="$device" \
@@ -248,7 +249,8 @@ if run_stage 6; then
       out=$(ctc_dir "$sub" "$init")
       log "stage 6: CTC on $labeled, init=$init → $out"
       init_id=none; [ "$init" = none ] || init_id=$(marker_id "$init")
-      opts="config=$(md5sum < "$ctc_config" | cut -c1-12) steps=$ctc_steps tiny=$tiny seed=$seed init=$init_id data=$(marker_id "data/$labeled")"
+      config_id=$(sslseq config digest "$ctc_config")
+      opts="config=$config_id steps=$ctc_steps tiny=$tiny seed=$seed init=$init_id data=$(marker_id "data/$labeled")"
       if stage_todo "$out" "$opts"; then
         train "$out" "$ctc_config" init="$init" seed="$seed" device="$device" \
           data.train="data/$labeled" data.valid="data/$dev_set" $(steps_override "$ctc_steps") "${tiny_overrides[@]}"

@@ -153,6 +153,12 @@ def cmd_plot(a: argparse.Namespace) -> None:
     print(png)
 
 
+def cmd_config_digest(a: argparse.Namespace) -> None:
+    from sslseq.train.config import config_digest
+
+    print(config_digest(a.file))
+
+
 def cmd_config_get(a: argparse.Namespace) -> None:
     from sslseq.config import get_value, load_yaml
 
@@ -305,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--default", default=None, help="print this when the key is absent instead of failing")
     s.add_argument("file")
     s.add_argument("key", help="dotted path; list items by index, e.g. iterations.0.layer")
+    s = verb(cfg, "digest", cmd_config_digest, "fingerprint of a training YAML and the model_config it includes (stage markers)")
+    s.add_argument("file")
 
     # bench
     bench = verbs.add_parser("bench", help="benchmarks against references measured in the same run").add_subparsers(

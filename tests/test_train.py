@@ -447,3 +447,23 @@ def test_torch_compile_trains_like_eager(tmp_path, tones):
     le = [r["loss"] for r in _jsonl(eager) if "loss" in r]
     lc = [r["loss"] for r in _jsonl(compiled) if "loss" in r]
     assert len(le) == 3 and lc == pytest.approx(le, rel=1e-4)
+
+
+def test_config_digest_follows_the_included_model_config(tmp_path):
+    """A recipe stage marker holds this digest: editing the model YAML a training YAML includes
+    must change it (the stage is redone), as must editing the training YAML itself."""
+    from sslseq.train.config import config_digest
+
+    (tmp_path / "model.yaml").write_text("name: hubert\nencoder: {num_layers: 2}\n")
+    top = tmp_path / "pretrain.yaml"
+    top.write_text("task: pretrain\nmodel_config: model.yaml\n")
+    before = config_digest(top)
+    assert before == config_digest(top) and len(before) == 12
+    (tmp_path / "model.yaml").write_text("name: hubert\nencoder: {num_layers: 3}\n")
+    edited = config_digest(top)
+    assert edited != before
+    top.write_text("task: pretrain\nmodel_config: model.yaml\nseed: 1\n")
+    assert config_digest(top) not in (before, edited)
+    top.write_text("task: pretrain\nmodel_config: missing.yaml\n")
+    with pytest.raises(SslseqError, match="model_config missing.yaml: cannot read"):
+        config_digest(top)

@@ -7,6 +7,7 @@ section instead (path relative to the training YAML); keys under ``model`` overr
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,14 +83,35 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def model_config_path(config: Path, model_config: str) -> Path:
+    """Where a training YAML's ``model_config`` is: relative to that YAML first, then to the cwd."""
+    mpath = Path(model_config)
+    if not mpath.is_absolute() and (config.parent / mpath).is_file():
+        return config.parent / mpath
+    return mpath
+
+
+def config_digest(path: str | Path) -> str:
+    """12 hex digits of a training YAML and the ``model_config`` file it pulls in: what a recipe's
+    stage marker holds, so that editing either redoes the stage."""
+    path = Path(path)
+    h = hashlib.sha256(path.read_bytes())
+    model_config = load_yaml(path).get("model_config")
+    if model_config:
+        mpath = model_config_path(path, str(model_config))
+        try:
+            h.update(b"\0" + mpath.read_bytes())
+        except OSError as e:
+            raise SslseqError(f"{path}: model_config {model_config}: cannot read {mpath}: {e.strerror}") from None
+    return h.hexdigest()[:12]
+
+
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     """Load and check a TrainConfig; the ``model_config`` file is merged into ``model``."""
     path = Path(path)
     cfg = load_config(TrainConfig, path, list(overrides))
     if cfg.model_config:
-        mpath = Path(cfg.model_config)
-        if not mpath.is_absolute() and (path.parent / mpath).is_file():
-            mpath = path.parent / mpath  # relative to the training YAML first, then to the cwd
+        mpath = model_config_path(path, cfg.model_config)
         mdata = load_yaml(mpath)
         # A model YAML may hold the section itself or a top-level 'model' key.
         if set(mdata) == {"model"} and isinstance(mdata["model"], dict):
