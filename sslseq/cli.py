@@ -329,8 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--skip", nargs="*", default=[], choices=["sklearn", "faiss"], help="references to leave out")
     s = verb(bench, "train", cmd_bench, "a pretraining step of sslseq's wav2vec 2.0 vs transformers' Wav2Vec2ForPreTraining, "
              "or in fp32 vs bf16 (--dtype both, --agree-steps)")
-    s.add_argument("--model", default="wav2vec2", choices=["wav2vec2"])
-    s.add_argument("--size", choices=["tiny", "base"], default=None, help="model config (default: base on CUDA, tiny on CPU)")
+    s.add_argument("--model", default="wav2vec2", choices=["wav2vec2", "hubert"],
+                   help="hubert: --dtype both only (no transformers pretraining reference)")
+    s.add_argument("--size", choices=["tiny", "base", "cpu"], default=None,
+                   help="model config recipes/conf/model_<model>_<size>.yaml (default: base on CUDA, tiny on CPU; "
+                   "cpu: the recipe's fbank 25 Hz config, --dtype both only)")
     s.add_argument("--batch", type=int, default=4, help="utterances per batch")
     s.add_argument("--seconds", type=float, default=8.0, help="seconds per utterance")
     s.add_argument("--device", default="auto")

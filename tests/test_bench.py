@@ -46,3 +46,34 @@ def test_bench_train_fp32_vs_bf16_on_cpu(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "vs fp32" in printed and "native bf16" in printed  # the CPU line of sslseq.hw
     assert "max relative difference" in printed
+
+
+def test_bench_train_hubert_cpu_config_reports_audio_seconds(tmp_path, capsys):
+    """The recipe's HuBERT cpu config (fbank frontend, 25 Hz) on random labels: fp32 and bf16
+    steps with their audio seconds per second; it has no transformers reference, so only
+    --dtype both is accepted."""
+    from sslseq.cli import main
+    from sslseq.utils import SslseqError
+
+    out = tmp_path / "hubert.json"
+    assert main(["bench", "train", "--model", "hubert", "--size", "cpu", "--dtype", "both", "--agree-steps", "2",
+                 "--batch", "1", "--seconds", "1", "--steps", "1", "--warmup", "0", "--device", "cpu",
+                 "--threads", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    fp32, bf16 = report["records"]
+    assert fp32["model"] == "hubert" and "23 frames each" in fp32["shape"]  # 1 s: 98 fbank frames, two stride-2 convs
+    assert fp32["audio_s_per_s"] == pytest.approx(1000.0 / fp32["step_ms"])
+    assert 0.0 < report["agreement"]["max_rel_diff"] < 0.2
+    assert "audio s/s" in capsys.readouterr().out
+    from sslseq.bench.train import main as bench_train
+
+    with pytest.raises(SslseqError, match="time the others with --dtype both"):
+        bench_train(_args(model="hubert", size="cpu", dtype="fp32"))
+
+
+def _args(**kw):
+    import argparse
+
+    base = dict(model="wav2vec2", size=None, batch=1, seconds=1.0, device="cpu", dtype="fp32", agree_steps=0,
+                steps=1, warmup=0, threads=1, seed=0, out=None)
+    return argparse.Namespace(**{**base, **kw})

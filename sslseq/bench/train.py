@@ -96,12 +96,17 @@ def _peak_mb(step: Callable[[], None], device: torch.device) -> float:
     return mem.peak / 2**20
 
 
-def _model_config(size: str) -> dict[str, Any]:
+BENCH_CLASSES = 100  # HuBERT: K of the random labels that stand in for k-means targets
+
+
+def _model_config(size: str, model: str = "wav2vec2") -> dict[str, Any]:
     from sslseq.config import load_yaml
 
-    model_cfg = load_yaml(CONF / f"model_wav2vec2_{size}.yaml")
+    model_cfg = load_yaml(CONF / f"model_{model}_{size}.yaml")
     # LayerDrop skips random layers: off, so every run executes every layer every step.
     model_cfg.setdefault("encoder", {}).setdefault("encoder", {})["layerdrop"] = 0.0
+    if model == "hubert":
+        model_cfg["num_classes"] = BENCH_CLASSES  # set from the labels in training
     return model_cfg
 
 
@@ -112,11 +117,19 @@ def _warn_if_emulated() -> None:
         log.warning("bf16 on this CPU is emulated (%s): expect it many times slower than fp32", hw.cpu_bf16().describe())
 
 
-def _batch(batch: int, seconds: float, seed: int, dev: torch.device) -> dict[str, torch.Tensor]:
+def _batch(batch: int, seconds: float, seed: int, dev: torch.device, label_rate: float | None = None) -> dict[str, torch.Tensor]:
+    """Noise waveforms; with ``label_rate`` also random frame labels (HuBERT's targets)."""
     S = int(seconds * 16000)
     g = torch.Generator().manual_seed(seed)
     wav = (0.1 * torch.randn(batch, S, generator=g)).to(dev)
-    return {"wav": wav, "wav_lens": torch.full((batch,), S, dtype=torch.long, device=dev)}
+    b = {"wav": wav, "wav_lens": torch.full((batch,), S, dtype=torch.long, device=dev)}
+    if label_rate:
+        from sslseq.data.dataset import expected_frames
+
+        L = expected_frames(S, label_rate)
+        b["labels"] = torch.randint(0, BENCH_CLASSES, (batch, L), generator=g).to(dev)
+        b["label_lens"] = torch.full((batch,), L, dtype=torch.long, device=dev)
+    return b
 
 
 def _sslseq_step(model, b: dict[str, torch.Tensor], dtype: str, dev: torch.device, lr: float) -> Callable[[], float]:
@@ -136,11 +149,11 @@ def _sslseq_step(model, b: dict[str, torch.Tensor], dtype: str, dev: torch.devic
     return step
 
 
-def _same_init(size: str, seed: int, dev: torch.device):
+def _same_init(size: str, seed: int, dev: torch.device, model: str = "wav2vec2"):
     """A function giving a fresh model with the same initial weights on every call."""
     from sslseq.models import build_model
 
-    model_cfg = _model_config(size)
+    model_cfg = _model_config(size, model)
     torch.manual_seed(seed)
     init = build_model(model_cfg).state_dict()
 
@@ -152,34 +165,40 @@ def _same_init(size: str, seed: int, dev: torch.device):
     return make
 
 
-def run_dtypes(size: str, batch: int, seconds: float, device: str, steps: int, warmup: int, seed: int) -> list[dict]:
+def _label_rate(size: str, model: str) -> float | None:
+    return float(_model_config(size, model).get("label_rate", 100.0)) if model == "hubert" else None
+
+
+def run_dtypes(size: str, batch: int, seconds: float, device: str, steps: int, warmup: int, seed: int,
+               model: str = "wav2vec2") -> list[dict]:
     """sslseq's pretraining step in fp32 and under bf16 autocast: same weights, same batch."""
     from sslseq import hw
 
     dev = torch.device(device)
     if dev.type == "cpu":
         _warn_if_emulated()
-    make = _same_init(size, seed, dev)
-    b = _batch(batch, seconds, seed, dev)
+    make = _same_init(size, seed, dev, model)
+    b = _batch(batch, seconds, seed, dev, _label_rate(size, model))
     native = hw.cpu_bf16().native if dev.type == "cpu" else bool(torch.cuda.is_bf16_supported())
     records = []
     for dtype in ("fp32", "bf16"):
-        model = make()
-        T = int(model.encoder.output_lengths(b["wav_lens"])[0])
-        t = _median_step_seconds(_sslseq_step(model, b, dtype, dev, 1e-5), dev, warmup, steps)
-        records.append({"model": "wav2vec2", "impl": "sslseq", "dtype": dtype, "device": str(dev),
+        net = make()
+        T = int(net.encoder.output_lengths(b["wav_lens"])[0])
+        t = _median_step_seconds(_sslseq_step(net, b, dtype, dev, 1e-5), dev, warmup, steps)
+        records.append({"model": model, "impl": "sslseq", "dtype": dtype, "device": str(dev),
                         "shape": f"{size}: {batch} x {seconds:g} s ({T} frames each)", "step_ms": 1e3 * t,
-                        "frames_per_s": batch * T / t, "native_bf16": native})
+                        "frames_per_s": batch * T / t, "audio_s_per_s": batch * seconds / t, "native_bf16": native})
     for r in records:
         r["speedup_vs_fp32"] = records[0]["step_ms"] / r["step_ms"]
     return records
 
 
-def loss_agreement(size: str, batch: int, seconds: float, device: str, n_steps: int, seed: int, lr: float = 5e-4) -> dict:
+def loss_agreement(size: str, batch: int, seconds: float, device: str, n_steps: int, seed: int, lr: float = 5e-4,
+                   model: str = "wav2vec2") -> dict:
     """Train ``n_steps`` from the same init on the same batch in fp32 and bf16; both loss curves."""
     dev = torch.device(device)
-    make = _same_init(size, seed, dev)
-    b = _batch(batch, seconds, seed, dev)
+    make = _same_init(size, seed, dev, model)
+    b = _batch(batch, seconds, seed, dev, _label_rate(size, model))
     curves = {}
     for dtype in ("fp32", "bf16"):
         step = _sslseq_step(make(), b, dtype, dev, lr)
@@ -261,8 +280,11 @@ def run(size: str, batch: int, seconds: float, device: str, dtype: str, steps: i
 
 
 def main(a) -> None:
-    if a.model != "wav2vec2":
-        raise SslseqError(f"--model {a.model}: only wav2vec2 has a transformers pretraining reference (Wav2Vec2ForPreTraining)")
+    if a.model != "wav2vec2" and a.dtype != "both":
+        raise SslseqError(f"--model {a.model}: only wav2vec2 has a transformers pretraining reference "
+                          "(Wav2Vec2ForPreTraining); time the others with --dtype both (fp32 against bf16)")
+    if a.size == "cpu" and a.dtype != "both":
+        raise SslseqError("--size cpu (fbank frontend) has no transformers equivalent; use --dtype both")
     device = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SslseqError("--device cuda: no CUDA GPU is visible; use --device cpu")
@@ -273,13 +295,14 @@ def main(a) -> None:
         torch.set_num_threads(a.threads)
     how = f"median of {a.steps} steps after {a.warmup} warm-up; {torch.get_num_threads()} threads"
     if a.dtype == "both":
-        records = _print_dtypes(run_dtypes(size, a.batch, a.seconds, device, a.steps, a.warmup, a.seed), device, how)
+        records = _print_dtypes(run_dtypes(size, a.batch, a.seconds, device, a.steps, a.warmup, a.seed, a.model), device, how)
     else:
         records = _print_vs_transformers(run(size, a.batch, a.seconds, device, a.dtype, a.steps, a.warmup, a.seed), device, how)
     report: Any = records
     if a.agree_steps:
         report = {"records": records,
-                  "agreement": _print_agreement(loss_agreement(size, a.batch, a.seconds, device, a.agree_steps, a.seed))}
+                  "agreement": _print_agreement(loss_agreement(size, a.batch, a.seconds, device, a.agree_steps, a.seed,
+                                                               model=a.model))}
     if a.out:
         atomic_write_text(Path(a.out), json.dumps(report, indent=2) + "\n")
 
@@ -299,14 +322,15 @@ def _print_vs_transformers(records: list[dict], device: str, how: str) -> list[d
 def _print_dtypes(records: list[dict], device: str, how: str) -> list[dict]:
     from sslseq import hw
 
-    print(f"sslseq wav2vec 2.0 pretraining step, {records[0]['shape']}, on {device} ({how})")
+    print(f"sslseq {records[0]['model']} pretraining step, {records[0]['shape']}, on {device} ({how})")
     if device == "cpu":
         print(hw.cpu_bf16().describe())
     else:
         print(f"GPU: bf16 {'supported' if records[0]['native_bf16'] else 'not supported'}")
-    print(f"{'dtype':<6} {'step ms':>9} {'frames/s':>10} {'vs fp32':>8}")
+    print(f"{'dtype':<6} {'step ms':>9} {'frames/s':>10} {'audio s/s':>10} {'vs fp32':>8}")
     for r in records:
-        print(f"{r['dtype']:<6} {r['step_ms']:9.1f} {r['frames_per_s']:10.0f} {r['speedup_vs_fp32']:7.2f}x")
+        print(f"{r['dtype']:<6} {r['step_ms']:9.1f} {r['frames_per_s']:10.0f} {r['audio_s_per_s']:10.1f} "
+              f"{r['speedup_vs_fp32']:7.2f}x")
     bf = records[1]
     ratio = bf["speedup_vs_fp32"]
     why = "" if bf["native_bf16"] else " (no native bf16: emulated)"
