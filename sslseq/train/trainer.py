@@ -612,8 +612,28 @@ class Trainer:
         if is_finished(cfg):
             log.info("%s: already trained with this config; nothing to do", self.out_dir)
             return self.out_dir
-        self.setup()
-        return self._loop(stop_at_step)
+        done = False
+        try:
+            self.setup()
+            out = self._loop(stop_at_step)
+            done = True
+            return out
+        finally:
+            self._end_processes(done)
+
+    def _end_processes(self, done: bool) -> None:
+        """Leave the process group of a multi-process run cleanly: a barrier once every process
+        is done (none tears its connections down while a peer still talks to it, which makes gloo
+        abort), then ``destroy_process_group``. After a failure the peers may never arrive: the
+        group is destroyed at once."""
+        acc = getattr(self, "accelerator", None)
+        if acc is None or acc.num_processes <= 1 or not torch.distributed.is_initialized():
+            return
+        try:
+            if done:
+                torch.distributed.barrier()
+        finally:
+            torch.distributed.destroy_process_group()
 
     def setup(self) -> None:
         """Accelerator, data, model and optimizer; restores the newest checkpoint if any."""
