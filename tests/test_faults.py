@@ -1,0 +1,182 @@
+"""Fault injection: bad options, failed and killed redos of recipe stages. Each test asserts the
+error text, the exit status, and that no finished output was lost.
+
+The stage-marker tests source tools/common.sh in a bare bash (seconds); the recipe tests run
+egs/synth_en/run.sh on copies of parts of the tiny recipe's workdir (the session's ``tiny_run``,
+see conftest.py) and stop in the option checks or within one cheap stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from test_recipe import ENV, ROOT, recipe_cmd
+
+COMMON = ROOT / "tools" / "common.sh"
+PRETRAIN = "exp/pretrain_hubert_cpu_mfcc_k20"
+
+
+def bash(script: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``script`` in a fresh bash that has sourced tools/common.sh (as recipes/ssl.sh does)."""
+    return subprocess.run(["bash", "-c", f"set -euo pipefail; . {COMMON}; {script}"], cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+
+
+def tree(d: Path) -> dict[str, str]:
+    """Every file under ``d`` (relative path -> content hash): what "nothing was lost" compares."""
+    return {str(p.relative_to(d)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- stage markers (tools/common.sh)
+
+
+@pytest.fixture
+def finished(tmp_path: Path) -> Path:
+    """A stage dir ``out`` finished with options a=1."""
+    r = bash('mkdir -p out && echo old > out/result && mark_done out "a=1"', tmp_path)
+    assert r.returncode == 0, r.stderr
+    return tmp_path
+
+
+def test_failed_redo_keeps_the_old_result_and_the_partial_redo_resumes(finished: Path):
+    before = tree(finished / "out")
+    r = bash('stage_todo out "a=2"; [ ! -e out/result ]; echo partial > out/piece; exit 3', finished)
+    assert r.returncode == 3
+    assert "the previous result is back in place" in r.stderr and "out.redo" in r.stderr
+    assert tree(finished / "out") == before  # the finished result, untouched
+    assert (finished / "out.redo/piece").read_text() == "partial\n" and not (finished / "out.prev").exists()
+    # the same options again: the partial redo resumes, and once done replaces the old result
+    r = bash('if stage_todo out "a=2"; then cat out/piece; mark_done out "a=2"; fi', finished)
+    assert r.returncode == 0 and r.stdout == "partial\n" and "resuming the unfinished redo" in r.stderr
+    assert (finished / "out/.done").read_text() == "a=2\n" and not (finished / "out/result").exists()
+    assert not (finished / "out.prev").exists() and not (finished / "out.redo").exists()
+    assert not (finished / "out/.todo").exists()
+
+
+def test_redo_killed_outright_is_put_back_by_the_next_run(finished: Path):
+    before = tree(finished / "out")
+    r = bash('stage_todo out "a=2"; echo partial > out/piece; kill -9 $$', finished)
+    assert r.returncode == -signal.SIGKILL and (finished / "out.prev").is_dir()  # no trap ran
+    # the old options again: the old result is back, and done
+    r = bash('if stage_todo out "a=1"; then echo redone; fi', finished)
+    assert r.returncode == 0 and "redone" not in r.stdout and "skip: out is done" in r.stderr
+    assert tree(finished / "out") == before and (finished / "out.redo/piece").is_file()
+
+
+def test_interrupted_redo_puts_the_old_result_back(finished: Path):
+    before = tree(finished / "out")
+    r = bash('stage_todo out "a=2"; kill -INT $$; sleep 5', finished)
+    assert r.returncode == 130 and tree(finished / "out") == before
+
+
+def test_a_done_redo_replaces_the_old_result(finished: Path):
+    r = bash('stage_todo out "a=2"; echo new > out/result; mark_done out "a=2"; exit 4', finished)
+    assert r.returncode == 4  # a later failure does not undo a finished stage
+    assert (finished / "out/result").read_text() == "new\n" and (finished / "out/.done").read_text() == "a=2\n"
+    assert not (finished / "out.prev").exists() and not (finished / "out.redo").exists()
+
+
+# ---------------------------------------------------------------- recipe options
+
+
+def _copy(tiny_run: Path, dst: Path, *parts: str) -> Path:
+    """A workdir holding copies of ``parts`` of the finished tiny run (training dirs without their
+    checkpoints: they are large and no test here reads them)."""
+    for part in parts:
+        shutil.copytree(tiny_run / part, dst / part, symlinks=True,
+                        ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    return dst
+
+
+def _recipe(workdir: Path, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(recipe_cmd(workdir, *args), capture_output=True, text=True, env=env or ENV, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stage", "4", "--stop-stage", "4", "--pretrain-steps", "3O"], "--pretrain-steps '3O': must be an integer >= 1"),
+    (["--stage", "2", "--nj", "0"], "--nj '0': must be an integer >= 1"),
+    (["--stage", "9"], "--stage '9': must be an integer from 0 to 7"),
+    (["--stage", "abc"], "--stage 'abc': must be an integer from 0 to 7"),
+    (["--stage", "5", "--stop-stage", "3"], "--stage 5 is after --stop-stage 3: nothing would run"),
+    (["--tiny", "yes"], "--tiny 'yes': must be true or false"),
+    (["--stage", "3", "--k", "2O"], "--k '2O': must be an integer >= 1"),
+    (["--device", "gpu"], "--device 'gpu': must be one of: cpu cuda auto"),
+    (["--hours", "ten"], "--hours 'ten': must be a positive number"),
+    (["--stage", "6", "--subsets", "10mins"], "--subsets: '10mins' is not a duration"),
+])
+def test_bad_options_stop_before_anything_is_touched(tiny_run: Path, tmp_path: Path, args, message):
+    workdir = _copy(tiny_run, tmp_path, "data", "dump/mfcc", "dump/labels", "exp/kmeans_mfcc_k20", PRETRAIN)
+    before = tree(workdir)
+    r = _recipe(workdir, *args, timeout=60)
+    assert r.returncode == 1 and message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # one line, no bash errors
+    assert tree(workdir) == before
+
+
+def _failing(tmp_path: Path, verb: str) -> dict:
+    """ENV with an ``sslseq`` first on PATH that fails ``sslseq VERB ...`` and runs the real one otherwise."""
+    real = shutil.which("sslseq")
+    bin_dir = tmp_path / "fault_bin"
+    bin_dir.mkdir()
+    (bin_dir / "sslseq").write_text(
+        f'#!/usr/bin/env bash\ncase "$*" in "{verb} "*) echo "injected failure: sslseq $*" >&2; exit 7 ;; esac\n'
+        f'exec {real} "$@"\n')
+    (bin_dir / "sslseq").chmod(0o755)
+    return {**ENV, "PATH": f"{bin_dir}:{ENV['PATH']}"}
+
+
+def test_failed_feature_redo_keeps_the_finished_features(tiny_run: Path, tmp_path: Path):
+    workdir = _copy(tiny_run, tmp_path / "w", "data", "dump/mfcc")
+    # --nj 3 changes the stage-2 options: a redo, whose dump fails
+    r = _recipe(workdir, "--stage", "2", "--stop-stage", "2", "--nj", "3", env=_failing(tmp_path, "feats dump"))
+    assert r.returncode != 0 and "dump/mfcc/train: the redo did not finish; the previous result is back" in r.stderr, \
+        r.stderr[-3000:]
+    for set_ in ("train", "dev", "test"):
+        assert tree(workdir / "dump/mfcc" / set_) == tree(tiny_run / "dump/mfcc" / set_)
+    assert (workdir / "dump/mfcc/train.redo/.todo").read_text().startswith("type=mfcc nj=3 ")
+    # without the fault the redo runs to its end and replaces the old features
+    r = _recipe(workdir, "--stage", "2", "--stop-stage", "2", "--nj", "3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    for set_ in ("train", "dev", "test"):
+        d = workdir / "dump/mfcc" / set_
+        assert (d / ".done").read_text().startswith("type=mfcc nj=3 ")
+        assert sorted(p.name for p in d.glob("*.npy")) == ["0_3.npy", "1_3.npy", "2_3.npy"]
+        assert not (d.parent / f"{set_}.prev").exists() and not (d.parent / f"{set_}.redo").exists()
+
+
+def test_failed_pretraining_redo_keeps_the_finished_model(tiny_run: Path, tmp_path: Path):
+    workdir = _copy(tiny_run, tmp_path / "w", "data", "dump/labels", PRETRAIN)
+    before = tree(workdir / PRETRAIN)
+    r = _recipe(workdir, "--stage", "4", "--stop-stage", "4", "--pretrain-steps", "3", env=_failing(tmp_path, "train"))
+    assert r.returncode != 0 and "injected failure: sslseq train" in r.stderr, r.stderr[-3000:]
+    assert tree(workdir / PRETRAIN) == before
+
+
+def test_killed_feature_redo_is_put_back_by_a_rerun(tiny_run: Path, tmp_path: Path):
+    workdir = _copy(tiny_run, tmp_path / "w", "data", "dump/mfcc")
+    before = tree(workdir / "dump/mfcc/train")
+    p = subprocess.Popen(recipe_cmd(workdir, "--stage", "2", "--stop-stage", "2", "--nj", "3"), env=ENV,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        t0 = time.time()
+        while not (workdir / "dump/mfcc/train.prev").is_dir():
+            assert p.poll() is None and time.time() - t0 < 120, "the redo never started"
+            time.sleep(0.02)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    # back to the old options: the finished features are back, nothing is redone
+    r = _recipe(workdir, "--stage", "2", "--stop-stage", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "skip: dump/mfcc/train is done" in r.stderr and "stage took" not in r.stderr
+    assert tree(workdir / "dump/mfcc/train") == before
+
