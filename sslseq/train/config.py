@@ -7,6 +7,7 @@ section instead (path relative to the training YAML); keys under ``model`` overr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,14 @@ def check_train_config(cfg: TrainConfig, where: str = "config") -> None:
     ):
         if value < lo:
             raise bad(key, f"must be >= {lo}, got {value}")
+    o = cfg.optim
+    for key, value in (("optim.lr", o.lr), ("optim.eps", o.eps), ("optim.weight_decay", o.weight_decay),
+                       ("optim.clip_norm", o.clip_norm), ("optim.init_lr_scale", o.init_lr_scale),
+                       ("optim.final_lr_scale", o.final_lr_scale)):
+        if not (value >= 0 and math.isfinite(value)) or (key == "optim.lr" and value == 0):
+            raise bad(key, f"must be {'positive' if key == 'optim.lr' else '>= 0'} and finite, got {value}")
+    if not all(0.0 <= b < 1.0 for b in o.betas):
+        raise bad("optim.betas", f"each must be in [0, 1) (Adam's decay rates, e.g. [0.9, 0.98]), got {list(o.betas)}")
     if not 0.0 <= cfg.optim.max_skipped_frac <= 1.0:
         raise bad("optim.max_skipped_frac", f"must be in [0, 1] (1: never stop), got {cfg.optim.max_skipped_frac}")
     if not cfg.data.max_batch_seconds > 0:
