@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -180,3 +181,91 @@ def test_killed_feature_redo_is_put_back_by_a_rerun(tiny_run: Path, tmp_path: Pa
     assert "skip: dump/mfcc/train is done" in r.stderr and "stage took" not in r.stderr
     assert tree(workdir / "dump/mfcc/train") == before
 
+
+# ---------------------------------------------------------------- one-line errors, not tracebacks
+
+CONF = ROOT / "recipes" / "conf" / "pretrain_hubert_tiny.yaml"
+TRAIN_ARGS = ["out_dir=x", "data.train=d", "data.labels_train=a.km"]
+
+
+def test_floats_in_any_standard_notation(tmp_path: Path):
+    from sslseq.train.config import load_train_config
+
+    cfg = load_train_config(CONF, [*TRAIN_ARGS, "optim.lr=1e-4", "optim.eps=5E-9", "model.encoder.mask_prob=.5"])
+    assert cfg.optim.lr == 1e-4 and cfg.optim.eps == 5e-9 and cfg.model["encoder"]["mask_prob"] == 0.5
+    f = tmp_path / "c.yaml"
+    f.write_text(f"model_config: {CONF.parent / 'model_hubert_tiny.yaml'}\noptim:\n  lr: 2e-3\n  betas: [0.9, 9.8e-1]\n")
+    cfg = load_train_config(f, TRAIN_ARGS)
+    assert cfg.optim.lr == 2e-3 and cfg.optim.betas == (0.9, 0.98)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.betas=[0.9]", "config key 'optim.betas' must be a list of 2 values, got [0.9]"),
+    ("optim.lr=-1.0", "optim.lr: must be positive and finite, got -1.0"),
+    ("optim.lr=0", "optim.lr: must be positive and finite, got 0"),
+    ("optim.betas=[0.9, 1.5]", "optim.betas: each must be in [0, 1)"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay: must be >= 0 and finite"),
+    ("optim.lr=[1", "override 'optim.lr=[1': the value is not valid YAML"),
+    ("optim.max_skipped_frac=2", "optim.max_skipped_frac: must be in [0, 1]"),
+])
+def test_bad_train_values_are_one_line_errors(override, message):
+    from sslseq.train.config import load_train_config
+    from sslseq.utils import SslseqError
+
+    with pytest.raises(SslseqError) as e:  # what `sslseq train` prints (exit status 1), before any work
+        load_train_config(CONF, [*TRAIN_ARGS, override])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_empty_checkpoint_file_is_named(tmp_path: Path):
+    from sslseq.convert import load_torch_file
+    from sslseq.utils import SslseqError
+
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(SslseqError, match=r"empty\.pt: the file is empty or cut short \(0 bytes\)"):
+        load_torch_file(tmp_path / "empty.pt")
+
+
+def _label_dir(tmp_path: Path, meta: str | None, dict_lines: int | None = 5, labels: str = "0 1 2 3 4\n") -> Path:
+    d = tmp_path / "labels"
+    d.mkdir()
+    (d / "train.km").write_text(labels)
+    (d / "train.utts").write_text("u1\n")
+    if meta is not None:
+        (d / "labels.yaml").write_text(meta)
+    if dict_lines is not None:
+        (d / "dict.km.txt").write_text("".join(f"{i} 1\n" for i in range(dict_lines)))
+    return d / "train.km"
+
+
+@pytest.mark.parametrize("meta, dict_lines, message", [
+    ("label_rate: 100.0\nk: [5\n", 5, "labels.yaml: not valid YAML"),
+    ("", 5, "labels.yaml: expected a mapping of keys to values, got an empty file"),
+    ("label_rate: 100.0\nk: five\n", 5, "labels.yaml: 'k: 'five'' is not a number of clusters"),
+    # dict.km.txt of 2 clusters beside labels.yaml's k=5: files of two k-means runs
+    ("label_rate: 100.0\nk: 5\n", 2, "dict.km.txt lists 2 clusters but"),
+])
+def test_broken_label_dirs_are_named(tmp_path: Path, meta, dict_lines, message):
+    from sslseq.cluster.labels import read_labels
+    from sslseq.utils import SslseqError
+
+    km = _label_dir(tmp_path, meta, dict_lines)
+    with pytest.raises(SslseqError, match=re.escape(message)) as e:
+        read_labels(km)
+    assert "regenerate the labels" in str(e.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("type: mfcc\ndim: 39\nframe_rate: 100.0\n", "feats.yaml: no 'nj' (needs type, dim, frame_rate, nj)"),
+    ("type: mfcc\ndim: 39\nframe_rate: 100.0\nnj: {2\n", "feats.yaml: not valid YAML"),
+    ("type: mfcc\ndim: 39\nframe_rate: 100.0\nnj: two\n", "feats.yaml: 'nj: 'two'' is not a valid value"),
+    ("- a list\n", "feats.yaml: expected a mapping of keys to values, got a list"),
+])
+def test_broken_feats_yaml_is_named(tmp_path: Path, text, message):
+    from sslseq.features.store import read_meta
+    from sslseq.utils import SslseqError
+
+    (tmp_path / "feats.yaml").write_text(text)
+    with pytest.raises(SslseqError, match=re.escape(message)) as e:
+        read_meta(tmp_path)
+    assert "sslseq feats dump" in str(e.value)
