@@ -47,7 +47,7 @@ def cmd_data_validate(a: argparse.Namespace) -> None:
     from sslseq.data.kaldi import validate_data_dir
 
     problems = validate_data_dir(
-        Path(a.data_dir), allow_pipes=a.allow_pipes, sample_rate=a.sample_rate, units=a.units
+        Path(a.data_dir), allow_pipes=a.allow_pipes, sample_rate=a.sample_rate, units=a.units, read_samples=not a.quick
     )
     for line in problems:
         print(line)
@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-pipes", action="store_true", help="allow 'cmd |' entries in wav.scp (runs them)")
     s.add_argument("--sample-rate", type=int, default=16000)
     s.add_argument("--units", default=None, help="unit list (one symbol per line); default: A-Z, apostrophe, space")
+    s.add_argument("--quick", action="store_true",
+                   help="read the audio headers only, not the samples (NaN or infinite samples go unnoticed)")
     s.add_argument("data_dir")
     s = verb(data, "subset", cmd_data_subset, "subset a data dir by total duration, balanced over speakers")
     s.add_argument("--duration", type=parse_duration, required=True, help="e.g. 10min, 1h, 10h")

@@ -17,6 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from test_recipe import ENV, ROOT, recipe_cmd
@@ -269,3 +270,30 @@ def test_broken_feats_yaml_is_named(tmp_path: Path, text, message):
     with pytest.raises(SslseqError, match=re.escape(message)) as e:
         read_meta(tmp_path)
     assert "sslseq feats dump" in str(e.value)
+
+
+# ---------------------------------------------------------------- audio that validation must not pass
+
+
+@pytest.mark.parametrize("samples, message", [
+    (np.array([0.1, np.nan, 0.2] * 3000, dtype=np.float32), "audio contains NaN or infinite samples"),
+    (np.array([0.1, np.inf] * 4000, dtype=np.float32), "audio contains NaN or infinite samples"),
+    (np.full(320, 0.1, dtype=np.float32), "0.0200 s of audio is shorter than one 25 ms frame"),
+])
+def test_validation_reads_the_samples(tmp_path: Path, samples, message):
+    import soundfile as sf
+    from test_data import line_of, make_dir, wav_path
+
+    from sslseq.cli import main
+    from sslseq.data.kaldi import validate_data_dir
+
+    d = make_dir(tmp_path)
+    utt = "spk1-utt01"
+    sf.write(wav_path(d, utt), samples, 16000, subtype="FLOAT")
+    (d / "utt2dur").write_text((d / "utt2dur").read_text().replace(f"{utt} 0.4", f"{utt} {len(samples) / 16000:.4f}"))
+    problems = validate_data_dir(d)
+    assert len(problems) == 1 and problems[0].startswith(f"{d / 'wav.scp'}:{line_of(d / 'wav.scp', utt)}: {utt}: ") \
+        and message in problems[0], problems
+    assert main(["data", "validate", str(d)]) == 1
+    quick = validate_data_dir(d, read_samples=False)  # headers only: the length is still checked
+    assert quick == ([] if "NaN" in message else problems)

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sslseq.audio import audio_info
+from sslseq.audio import MIN_AUDIO_SECONDS, audio_info, read_audio
 from sslseq.data.text import DEFAULT_UNITS, CharTokenizer
 from sslseq.utils import SslseqError, atomic_write_text, get_logger, progress
 
@@ -221,8 +221,13 @@ def validate_data_dir(
     allow_pipes: bool = False,
     sample_rate: int = 16000,
     units: str | os.PathLike | CharTokenizer | None = None,
+    read_samples: bool = True,
 ) -> list[str]:
-    """Every problem of a data dir, one ``<file>:<line>: <utt>: <what>`` line each (empty: OK)."""
+    """Every problem of a data dir, one ``<file>:<line>: <utt>: <what>`` line each (empty: OK).
+
+    Audio shorter than one 25 ms frame is a problem (it has no features). ``read_samples``
+    decodes every file too, so NaN or infinite samples are found here rather than when
+    features are dumped; without it only the headers are read (``sslseq data validate --quick``)."""
     path = Path(path)
     if not path.is_dir():
         return [f"{path}: data dir not found"]
@@ -256,7 +261,7 @@ def validate_data_dir(
                     "(normalize the text, or pass --units with a units file that has them)"
                 )
     if wav is not None:
-        problems += _check_audio(path, wav, durs, maps.get("utt2dur", {}), allow_pipes, sample_rate)
+        problems += _check_audio(path, wav, durs, maps.get("utt2dur", {}), allow_pipes, sample_rate, read_samples)
     return problems
 
 
@@ -305,6 +310,7 @@ def _check_audio(
     dur_map: dict[str, tuple[str, int]],
     allow_pipes: bool,
     sample_rate: int,
+    read_samples: bool,
 ) -> list[str]:
     problems = []
     wav_name = path / "wav.scp"
@@ -320,6 +326,16 @@ def _check_audio(
         if channels != 1:
             problems.append(
                 f"{where}: audio has {channels} channels, sslseq needs mono; downmix it (e.g. 'sox in.wav -c 1 out.wav')"
+            )
+        elif read_samples:
+            try:  # at its own rate: this checks the samples, resampling is for feature dumping
+                read_audio(spec, sample_rate=sr, allow_pipes=allow_pipes, resample=False, where=where)
+            except SslseqError as e:
+                problems.append(str(e))
+        if frames < MIN_AUDIO_SECONDS * sr:
+            problems.append(
+                f"{where}: {frames / sr:.4f} s of audio is shorter than one {1000 * MIN_AUDIO_SECONDS:g} ms frame, "
+                "so it has no features; drop it from the data dir"
             )
         if sr != sample_rate:
             other_rates[sr] = other_rates.get(sr, 0) + 1
