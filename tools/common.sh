@@ -10,8 +10,9 @@ die() { log "ERROR: $*"; exit 1; }
 # lost before its replacement is complete: the old result is moved aside to OUTDIR.prev while the
 # stage works in OUTDIR, and mark_done removes it. If the redo fails (or the recipe is
 # interrupted), the old result goes back into OUTDIR and the partial redo is kept in OUTDIR.redo,
-# which a rerun with the same options resumes. A redo killed outright (SIGKILL) is sorted out the
-# same way by the next stage_todo. Options are checked before any stage runs (recipes/ssl.sh).
+# which a rerun with the same options resumes. A redo killed outright (SIGKILL, SIGTERM: no trap,
+# so that a kill is not deferred until the running command ends) is sorted out the same way by the
+# next stage_todo. Options are checked before any stage runs (recipes/ssl.sh).
 __redoing=()  # stage dirs being redone, their old results in DIR.prev
 
 # Put the old result of an unfinished redo of $1 back in place; keep the partial redo in $1.redo.
@@ -32,7 +33,6 @@ __restore_on_exit() {
 }
 trap __restore_on_exit EXIT
 trap 'exit 130' INT
-trap 'exit 143' TERM
 
 stage_todo() {
   local dir=$1 opts=$2 marker=$1/.done
