@@ -245,7 +245,11 @@ def dump_features(
                         good.append((utt, wave))
                 if bad and not skip_bad:
                     first = next(iter(bad.values()))
-                    raise SslseqError(f"{first} (or pass --skip-bad to leave such utterances out)")
+                    more = f" ({len(bad) - 1} more in this batch)" if len(bad) > 1 else ""
+                    raise SslseqError(
+                        f"{first}{more}; 'sslseq data validate {data_dir}' lists every such utterance "
+                        f"(or pass --skip-bad to leave them out, listed in {out_dir}/bad_utts.{name})"
+                    )
                 if good:
                     for (utt, _), f in zip(good, ex([w for _, w in good])):
                         if len(f) == 0:
