@@ -202,8 +202,8 @@ def test_floats_in_any_standard_notation(tmp_path: Path):
 
 @pytest.mark.parametrize("override, message", [
     ("optim.betas=[0.9]", "config key 'optim.betas' must be a list of 2 values, got [0.9]"),
-    ("optim.lr=-1.0", "optim.lr: must be positive and finite, got -1.0"),
-    ("optim.lr=0", "optim.lr: must be positive and finite, got 0"),
+    ("optim.lr=-1.0", "optim.lr: must be >= 0 and finite, got -1.0"),
+    ("optim.lr=.inf", "optim.lr: must be >= 0 and finite, got inf"),
     ("optim.betas=[0.9, 1.5]", "optim.betas: each must be in [0, 1)"),
     ("optim.weight_decay=-0.1", "optim.weight_decay: must be >= 0 and finite"),
     ("optim.lr=[1", "override 'optim.lr=[1': the value is not valid YAML"),

@@ -157,8 +157,8 @@ def check_train_config(cfg: TrainConfig, where: str = "config") -> None:
     for key, value in (("optim.lr", o.lr), ("optim.eps", o.eps), ("optim.weight_decay", o.weight_decay),
                        ("optim.clip_norm", o.clip_norm), ("optim.init_lr_scale", o.init_lr_scale),
                        ("optim.final_lr_scale", o.final_lr_scale)):
-        if not (value >= 0 and math.isfinite(value)) or (key == "optim.lr" and value == 0):
-            raise bad(key, f"must be {'positive' if key == 'optim.lr' else '>= 0'} and finite, got {value}")
+        if not (value >= 0 and math.isfinite(value)):
+            raise bad(key, f"must be >= 0 and finite, got {value}")
     if not all(0.0 <= b < 1.0 for b in o.betas):
         raise bad("optim.betas", f"each must be in [0, 1) (Adam's decay rates, e.g. [0.9, 0.98]), got {list(o.betas)}")
     if not 0.0 <= cfg.optim.max_skipped_frac <= 1.0:
