@@ -27,6 +27,7 @@ hours=10               # hours of train audio to obtain (corpora that synthesize
 train_set=train        # unlabeled pretraining data
 dev_set=dev            # validation during training
 test_sets="dev test"   # decoded and scored in stage 7
+skip_bad=false         # stage 1 leaves out utterances with bad audio (unreadable, NaN, < 25 ms; listed in data/<set>/bad_utts) instead of stopping
 subsets="10min 1h"     # labeled subsets for CTC (durations, Libri-light's names; nested: same seed); tiny: 1min
 feat_type=mfcc         # features for the first k-means iteration
 k=                     # clusters; default 100 (tiny: 20)
@@ -58,6 +59,7 @@ opt_one_of device cpu cuda auto
 opt_int ngpu 1
 opt_int num_nodes 1
 opt_bool tiny
+opt_bool skip_bad
 opt_int seed 0
 opt_number hours
 opt_int --optional k 1
@@ -210,7 +212,7 @@ fi
 if run_stage 1; then
   log "stage 1: validate data dirs, labeled subsets $subsets"
   for set in $all_sets; do
-    sslseq data validate "data/$set"
+    sslseq data validate $([ "$skip_bad" = false ] || echo --drop-bad) "data/$set"
   done
   for sub in $subsets; do
     opts="subset=$sub seed=$seed data=$(marker_id data)"

@@ -297,3 +297,33 @@ def test_validation_reads_the_samples(tmp_path: Path, samples, message):
     assert main(["data", "validate", str(d)]) == 1
     quick = validate_data_dir(d, read_samples=False)  # headers only: the length is still checked
     assert quick == ([] if "NaN" in message else problems)
+
+
+def test_recipe_stops_on_bad_audio_or_leaves_it_out_with_skip_bad(tiny_run: Path, tmp_path: Path):
+    import soundfile as sf
+
+    workdir = _copy(tiny_run, tmp_path / "w", "data")
+    shutil.rmtree(workdir / "data/train_1min")  # as after stage 0: stage 1 makes the subset
+    scp = workdir / "data/train/wav.scp"
+    lines = scp.read_text().splitlines()
+    utt = lines[3].split()[0]
+    bad_wav = tmp_path / "nan.wav"
+    x, sr = sf.read(lines[3].split()[1], dtype="float32")
+    x[100] = np.nan
+    sf.write(bad_wav, x, sr, subtype="FLOAT")
+    lines[3] = f"{utt} {bad_wav}"
+    scp.write_text("\n".join(lines) + "\n")
+    before = tree(workdir / "data")
+    r = _recipe(workdir, "--stage", "1", "--stop-stage", "1")
+    assert r.returncode == 1 and f"wav.scp:4: {utt}: audio contains NaN or infinite samples" in r.stdout + r.stderr
+    assert "--skip-bad true" in r.stderr and tree(workdir / "data") == before
+    r = _recipe(workdir, "--stage", "1", "--stop-stage", "2", "--skip-bad", "true")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1 utterance(s) with bad audio left out (54 left)" in r.stderr
+    bad = (workdir / "data/train/bad_utts").read_text().splitlines()
+    assert len(bad) == 1 and bad[0].startswith(f"{utt}\t") and "NaN" in bad[0]
+    for d in ("train", "train_1min"):
+        assert utt not in (workdir / "data" / d / "wav.scp").read_text()
+    from sslseq.features.store import FeatureStore
+
+    assert len(FeatureStore(workdir / "dump/mfcc/train").utts) == 54
