@@ -493,3 +493,34 @@ def test_too_many_skipped_updates_in_all_stop_training(tmp_path, tones):
     Trainer(cfg, model=NanAfter(start=0, every=3)).fit()
     summary = yaml.safe_load((Path(cfg.out_dir) / "train_summary.yaml").read_text())
     assert summary["skipped_updates"] == 4 and math.isfinite(summary["best"]["value"])
+
+
+def test_fp16_overflow_counts_as_skipped_only_below_a_loss_scale_of_one(tmp_path, tones):
+    """fp16's loss scaler skips overflowing steps itself while it lowers its scale: those are not a
+    diverged run until the scale is below 1 (a stand-in scaler: fp16 needs a GPU)."""
+    t = _setup(_cfg(tmp_path, tones, "fp16"), NanAfter(start=0))
+
+    class Scaler:
+        scale_now = 4.0
+
+        def scale(self, loss):
+            return loss
+
+        def get_scale(self):
+            return self.scale_now
+
+    scaler = t.accelerator.scaler = Scaler()
+
+    def scaler_step():  # what GradScaler.step + update do with inf/nan gradients
+        scaler.scale_now /= 2
+
+    t.optimizer.step = scaler_step
+    from sslseq.data.dataset import SpeechDataset
+
+    ds = SpeechDataset(tones["train"], labels=tones["km"], max_sample_seconds=2.0)
+    batch = collate([ds[(i, 0)] for i in range(2)])
+    counted = []
+    for _ in range(4):  # scale 4 -> 2 -> 1 -> 0.5 -> 0.25
+        t.train_step([batch])
+        counted.append(t.stats.get("skipped_updates", 0))
+    assert counted == [0, 0, 1, 2]

@@ -415,9 +415,13 @@ class Trainer:
         max_norm = o.clip_norm if o.clip_norm > 0 else math.inf
         grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), max_norm))
         # The norm is of the all-reduced gradients: every process skips the same updates.
-        skipped = not math.isfinite(grad_norm)
-        if not skipped or acc.scaler is not None:
-            self.optimizer.step()  # with fp16 the scaler skips steps with inf/nan itself
+        finite = math.isfinite(grad_norm)
+        if finite or acc.scaler is not None:
+            self.optimizer.step()  # with fp16 the scaler skips steps with inf/nan itself (and lowers its scale)
+        # With fp16 an overflow is how the loss scaler finds its scale (the first steps of a run
+        # may all overflow): it counts as skipped once the scale is below 1, where the gradients
+        # overflow even unscaled.
+        skipped = not finite and (acc.scaler is None or acc.scaler.get_scale() < 1.0)
         if skipped:
             self.stats["skipped_updates"] = self.stats.get("skipped_updates", 0) + 1
             self.stats["skipped_in_row"] = self.stats.get("skipped_in_row", 0) + 1
