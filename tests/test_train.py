@@ -524,3 +524,13 @@ def test_fp16_overflow_counts_as_skipped_only_below_a_loss_scale_of_one(tmp_path
         t.train_step([batch])
         counted.append(t.stats.get("skipped_updates", 0))
     assert counted == [0, 0, 1, 2]
+
+
+def test_a_model_with_nan_validation_is_not_written_as_finished(tmp_path, tones):
+    # the skip limits switched off: the run reaches its last step, whose validation is NaN
+    cfg = _cfg(tmp_path, tones, "nanval", "optim.max_steps=4", "valid_interval=0", "optim.max_skipped_in_row=0",
+               "optim.max_skipped_frac=1.0")
+    with pytest.raises(SslseqError, match=r"the model after 4 steps is not usable: the final validation loss is nan"):
+        Trainer(cfg, model=NanAfter(start=2)).fit()
+    out = Path(cfg.out_dir)
+    assert not (out / "train_summary.yaml").exists() and not (out / "model.safetensors").exists()

@@ -710,6 +710,13 @@ class Trainer:
                 self.tb.close()
         if self.step < o.max_steps:
             return self.out_dir  # stopped early (stop_at_step)
+        # Checked on every process (the weights and the reduced validation agree), so all stop alike.
+        problem = self._final_model_problem()
+        if problem:
+            raise SslseqError(
+                f"{self.out_dir}: the model after {self.step} steps is not usable: {problem}; it is not written as "
+                f"finished. Lower optim.lr (now {o.lr:g}) or raise optim.warmup_steps, and train again"
+            )
         if self.is_main:
             self._write_final()
         self.accelerator.wait_for_everyone()
@@ -748,12 +755,6 @@ class Trainer:
     def _write_final(self) -> None:
         """model.safetensors, config.yaml, units.txt (CTC), then train_summary.yaml (the done marker)."""
         out = self.out_dir
-        problem = self._final_model_problem()
-        if problem:
-            raise SslseqError(
-                f"{out}: the model after {self.step} steps is not usable: {problem}; it is not written as finished. "
-                f"Lower optim.lr (now {self.cfg.optim.lr:g}) or raise optim.warmup_steps, and train again"
-            )
         ckpt.save_weights(self.unwrapped, out / ckpt.WEIGHTS)
         full = to_dict(self.cfg)
         full["model"] = model_config_dict(self.unwrapped, self.model_cfg)
