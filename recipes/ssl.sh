@@ -27,6 +27,7 @@ hours=10               # hours of train audio to obtain (corpora that synthesize
 train_set=train        # unlabeled pretraining data
 dev_set=dev            # validation during training
 test_sets="dev test"   # decoded and scored in stage 7
+skip_bad=false         # stage 1 leaves out utterances with bad audio (unreadable, NaN, < 25 ms; listed in data/<set>/bad_utts) instead of stopping
 subsets="10min 1h"     # labeled subsets for CTC (durations, Libri-light's names; nested: same seed); tiny: 1min
 feat_type=mfcc         # features for the first k-means iteration
 k=                     # clusters; default 100 (tiny: 20)
@@ -46,6 +47,30 @@ help_message="Usage: egs/<corpus>/run.sh [options]
        run.sh --stage 5 --iterations 2   # HuBERT iteration 2 on layer features of iteration 1"
 . "$root_dir/tools/parse_options.sh"
 
+# ---------------------------------------------------------------- option checks
+# Every option is checked here, before any stage touches a file (opt_*: tools/parse_options.sh).
+last_stage=7
+opt_int stage 0 $last_stage
+opt_int stop_stage 0 $last_stage
+[ "$stage" -le "$stop_stage" ] || die "--stage $stage is after --stop-stage $stop_stage: nothing would run"
+opt_int nj 1
+opt_one_of cmd local slurm
+opt_one_of device cpu cuda auto
+opt_int ngpu 1
+opt_int num_nodes 1
+opt_bool tiny
+opt_bool skip_bad
+opt_int seed 0
+opt_number hours
+opt_int --optional k 1
+opt_one_of feat_type mfcc fbank
+opt_int iterations 1
+opt_int --optional pretrain_steps 1
+opt_int --optional ctc_steps 1
+for sub in $subsets; do
+  [[ "$sub" =~ ^([0-9]+\.?[0-9]*)(h|min|s)?$ ]] || die "--subsets: '$sub' is not a duration (e.g. 10min, 1h, 600s)"
+done
+
 tiny_overrides=()
 if [ "$tiny" = true ]; then
   subsets=1min; k=${k:-20}
@@ -62,11 +87,9 @@ default_ctc=$root_dir/recipes/conf/ctc_${model}_cpu.yaml
 ctc_config=${ctc_config:-$default_ctc}
 [ -f "$pretrain_config" ] || die "no pretraining config $pretrain_config (--model $model, --pretrain-config)"
 [ -f "$ctc_config" ] || die "no CTC config $ctc_config (--ctc-config)"
-case "$cmd" in local|slurm) ;; *) die "--cmd $cmd: use local or slurm" ;; esac
 # --cmd slurm: tools/run_jobs.sh takes its job options from the corpus's conf/slurm.conf if it has one.
 if [ -f "$corpus_dir/conf/slurm.conf" ]; then export SSLSEQ_SLURM_JOB_CONF=${SSLSEQ_SLURM_JOB_CONF:-$corpus_dir/conf/slurm.conf}; fi
 iter_config=${iter_config:-$root_dir/recipes/conf/hubert_iterations.yaml}
-[[ "$iterations" =~ ^[1-9][0-9]*$ ]] || die "--iterations $iterations: a positive integer is needed"
 if [ "$iterations" -gt 1 ]; then
   [ "$model" = hubert ] || die "--iterations $iterations: only HuBERT iterates on its own layer features (use --model hubert)"
   [ -f "$iter_config" ] || die "no iteration config $iter_config (--iter-config)"
@@ -82,8 +105,6 @@ pretrain_dir=exp/${pretrain_tag}
 # The CTC experiment of labeled subset $1 from init $2 (a pretrained dir or none).
 ctc_dir() { if [ "$2" = none ]; then echo "exp/$(basename "$ctc_config" .yaml)_${train_set}_$1_scratch"; else echo "exp/$(basename "$ctc_config" .yaml)_${train_set}_$1_from_$(basename "$2")"; fi; }
 steps_override() { [ -z "$1" ] || echo "optim.max_steps=$1"; }
-[[ "$ngpu" =~ ^[1-9][0-9]*$ ]] || die "--ngpu $ngpu: a positive number of processes is needed"
-[[ "$num_nodes" =~ ^[1-9][0-9]*$ ]] || die "--num-nodes $num_nodes: a positive number of nodes is needed"
 [ "$num_nodes" -eq 1 ] || [ "$cmd" = slurm ] || die "--num-nodes $num_nodes needs --cmd slurm (srun starts torchrun on every node)"
 # Train into $1 with the config $2 (and overrides): `sslseq train` with $ngpu processes per node
 # (tools/launch_train.sh), here or as one Slurm job of $num_nodes nodes (GPUs unless --device cpu).
@@ -192,7 +213,7 @@ fi
 if run_stage 1; then
   log "stage 1: validate data dirs, labeled subsets $subsets"
   for set in $all_sets; do
-    sslseq data validate "data/$set"
+    sslseq data validate $([ "$skip_bad" = false ] || echo --drop-bad) "data/$set"
   done
   for sub in $subsets; do
     opts="subset=$sub seed=$seed data=$(marker_id data)"

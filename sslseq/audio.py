@@ -20,6 +20,8 @@ from sslseq.utils import SslseqError, get_logger
 
 log = get_logger(__name__)
 
+# One 25 ms analysis window: shorter audio has no MFCC / fbank frame at all.
+MIN_AUDIO_SECONDS = 0.025
 _MAX_RESAMPLE_WARNINGS = 10
 _warned_lock = threading.Lock()
 _warned: set[str] = set()

@@ -44,15 +44,22 @@ def cmd_corpus_prepare(a: argparse.Namespace) -> None:
 
 
 def cmd_data_validate(a: argparse.Namespace) -> None:
-    from sslseq.data.kaldi import validate_data_dir
+    from sslseq.data.kaldi import BAD_UTTS, check_data_dir, drop_utterances
 
-    problems = validate_data_dir(
-        Path(a.data_dir), allow_pipes=a.allow_pipes, sample_rate=a.sample_rate, units=a.units
-    )
+    opts = dict(allow_pipes=a.allow_pipes, sample_rate=a.sample_rate, units=a.units)
+    found = check_data_dir(Path(a.data_dir), read_samples=not a.quick, **opts)
+    problems, bad = found.problems, found.bad_audio
+    if a.drop_bad and found.only_bad_audio:
+        left = drop_utterances(Path(a.data_dir), bad)
+        get_logger().warning("%s: %d utterance(s) with bad audio left out (%d left), listed in %s", a.data_dir,
+                             len(bad), left, Path(a.data_dir) / BAD_UTTS)
+        problems = check_data_dir(Path(a.data_dir), read_samples=False, **opts).problems
     for line in problems:
         print(line)
     if problems:
-        raise SslseqError(f"{a.data_dir}: {len(problems)} problem(s) found (listed above)")
+        hint = ("; --drop-bad leaves out the utterances with bad audio (the recipe: --skip-bad true)"
+                if bad and not a.drop_bad else "")
+        raise SslseqError(f"{a.data_dir}: {len(problems)} problem(s) found (listed above){hint}")
     print(f"{a.data_dir}: OK")
 
 
@@ -232,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-pipes", action="store_true", help="allow 'cmd |' entries in wav.scp (runs them)")
     s.add_argument("--sample-rate", type=int, default=16000)
     s.add_argument("--units", default=None, help="unit list (one symbol per line); default: A-Z, apostrophe, space")
+    s.add_argument("--quick", action="store_true",
+                   help="read the audio headers only, not the samples (NaN or infinite samples go unnoticed)")
+    s.add_argument("--drop-bad", action="store_true",
+                   help="when the only problems are utterances' audio (unreadable, not mono, NaN, < 25 ms), rewrite the "
+                        "dir without them and list them in its bad_utts")
     s.add_argument("data_dir")
     s = verb(data, "subset", cmd_data_subset, "subset a data dir by total duration, balanced over speakers")
     s.add_argument("--duration", type=parse_duration, required=True, help="e.g. 10min, 1h, 10h")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,23 @@ import yaml
 from sslseq.utils import SslseqError
 
 C = TypeVar("C")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where a float needs a dot (``1e-4`` is the string '1e-4'); here
+    floats in any standard notation (``1e-4``, ``5E-3``, ``1.5e+2``, ``.5``) are floats."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as Python values (safe: no objects), with the floats of ``_Loader``."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def _unknown_key_error(key: str, valid: list[str], where: str) -> SslseqError:
@@ -38,9 +56,12 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             return None
         return _coerce(value, args[0], key, where)
     if origin in (list, tuple):
-        (inner, *_) = typing.get_args(tp) or (Any,)
+        args = typing.get_args(tp)
+        (inner, *_) = args or (Any,)
         if not isinstance(value, (list, tuple)):
             raise SslseqError(f"{where}: config key '{key}' must be a list, got {value!r}")
+        if origin is tuple and args and Ellipsis not in args and len(value) != len(args):
+            raise SslseqError(f"{where}: config key '{key}' must be a list of {len(args)} values, got {list(value)!r}")
         items = [_coerce(v, inner, key, where) for v in value]
         return tuple(items) if origin is tuple else items
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -75,7 +96,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type | None
         if "=" not in item:
             raise SslseqError(f"override '{item}' must look like key=value (e.g. optim.lr=1e-4)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = parse_yaml(raw) if raw else ""
+        except yaml.YAMLError as e:
+            raise SslseqError(f"override '{item}': the value is not valid YAML ({str(e).splitlines()[0]}); "
+                              "quote it (key='...') or fix the brackets") from None
         node, node_cls = data, cls
         parts = key.split(".")
         for i, part in enumerate(parts):
@@ -99,7 +124,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SslseqError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise SslseqError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):

@@ -72,3 +72,23 @@ def progress(iterable: Iterable[T], desc: str = "", total: int | None = None, un
         disable=os.environ.get("SSLSEQ_NO_PROGRESS") == "1",
         dynamic_ncols=True,
     )
+
+
+def read_yaml_mapping(path: str | os.PathLike, fix: str, required: Iterable[str] = ()) -> dict:
+    """The mapping in a metadata YAML of an on-disk format (``feats.yaml``, ``labels.yaml``);
+    unreadable YAML, anything but a mapping, or a missing ``required`` key is an SslseqError
+    naming the file, what is wrong and ``fix`` (what to do)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise SslseqError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); {fix}") from None
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise SslseqError(f"{path}: expected a mapping of keys to values, got {got}; {fix}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise SslseqError(f"{path}: no {', '.join(repr(k) for k in missing)} (needs {', '.join(required)}); {fix}")
+    return data

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,24 @@ def tiny_data(tiny_corpus: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_data")
     prepare_data_dirs(tiny_corpus, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A workdir of the whole tiny synth_en recipe (``run.sh --tiny true``, a few minutes), built
+    once per session and shared by tests/test_recipe.py and tests/test_faults.py.
+    ``SSLSEQ_TEST_TINY_RUN=DIR`` reuses a finished workdir instead (copied first: tests change it)."""
+    if shutil.which("espeak-ng") is None or shutil.which("bible") is None:
+        pytest.skip("espeak-ng and bible-kjv are needed to synthesize the corpus")
+    workdir = tmp_path_factory.mktemp("synth_en_tiny")
+    given = os.environ.get("SSLSEQ_TEST_TINY_RUN")
+    if given:
+        if not (Path(given) / "exp" / "RESULTS.md").is_file():
+            pytest.fail(f"SSLSEQ_TEST_TINY_RUN={given} is not a finished tiny recipe workdir (no exp/RESULTS.md)")
+        shutil.copytree(given, workdir, symlinks=True, dirs_exist_ok=True)
+        return workdir
+    run = Path(__file__).resolve().parents[1] / "egs" / "synth_en" / "run.sh"
+    r = subprocess.run(["bash", str(run), "--tiny", "true", "--workdir", str(workdir)], capture_output=True, text=True,
+                       env={**os.environ, "SSLSEQ_NO_PROGRESS": "1"}, timeout=2400)
+    assert r.returncode == 0, f"the tiny recipe failed:\n{r.stderr[-6000:]}"
+    return workdir

@@ -3,13 +3,10 @@ all-reduce), targets and loss, health logs, configs, trainer + CTC, exact kill/r
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import os
-import socket
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ import yaml
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from multiproc import TIMEOUT, gloo_group, spawn, torchrun  # noqa: E402
 from test_models import small_encoder  # noqa: E402
 
 from sslseq.models import CTCModel, build_model, load, model_config_dict, save_weights  # noqa: E402
@@ -162,39 +160,18 @@ def test_codebook_init_and_perplexity():
     torch.testing.assert_close(codeword_perplexity(ids, 64), torch.tensor([1.0, 4.0, 2.0]))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _codebook_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
-    try:
+def _codebook_worker(rank: int, world: int, store: str, out_dir: str) -> None:
+    with gloo_group(rank, world, store):
         torch.manual_seed(0)  # same initial codebooks on every process
         cb = OnlineCodebooks(2, 8, 4, decay=0.9)
         z = torch.randn(2, 12, 4, generator=torch.Generator().manual_seed(1))
         half = z[:, rank * 6:(rank + 1) * 6]
         cb.update(half, cb.assign(half))
         torch.save({"sums": cb.sums, "counts": cb.counts}, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_codebook_update_all_reduced_over_two_processes(tmp_path):
-    import torch.multiprocessing as mp
-
-    ctx = mp.start_processes(_codebook_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + 120.0  # bounded: a hung collective fails the test
-    while not ctx.join(timeout=max(deadline - time.monotonic(), 0.0)):  # False until every process exited
-        if time.monotonic() >= deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the 2-process codebook update did not finish in 120 s")
+    spawn(_codebook_worker, args=(2, str(tmp_path / "store"), str(tmp_path)))
     torch.manual_seed(0)
     cb = OnlineCodebooks(2, 8, 4, decay=0.9)
     z = torch.randn(2, 12, 4, generator=torch.Generator().manual_seed(1))
@@ -478,9 +455,8 @@ def test_two_process_training_through_torchrun(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "ddp"
     env = {**os.environ, "SSLSEQ_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "sslseq.cli", "train", str(path), f"out_dir={out}"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    cmd = [*torchrun(2), "-m", "sslseq.cli", "train", str(path), f"out_dir={out}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=2 * TIMEOUT)
     assert r.returncode == 0, r.stderr[-5000:]
     train_rec = [r for r in _jsonl(out) if "loss" in r]
     assert [r["step"] for r in train_rec] == [1, 2] and all(math.isfinite(r["loss"]) for r in train_rec)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,16 +14,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from multiproc import TIMEOUT, free_port, gloo_group, spawn, torchrun
 from test_models import small_encoder
 from test_train import _tone_corpus
 
 ENV = {**os.environ, "SSLSEQ_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(tmp: Path, train: Path, km: Path) -> Path:
@@ -53,13 +47,12 @@ def _losses(out: Path) -> list[float]:
 
 
 def _run(cmd: list[str]) -> None:
-    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=2 * TIMEOUT)
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stderr[-5000:]}"
 
 
 LAUNCHERS = {
-    "torchrun": lambda port: [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                              "--master-addr", "127.0.0.1", "--master-port", str(port)],
+    "torchrun": lambda port: torchrun(2),  # --standalone: it picks its own free port
     # accelerate's multi-process launch; with the CPU device the trainer asks for, it uses gloo
     "accelerate": lambda port: [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                                 "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -73,7 +66,7 @@ def test_two_processes_equal_one_with_twice_the_accumulation(tmp_path, launcher)
     cfg = _config(tmp_path, train, km)
     one, two = tmp_path / "ws1", tmp_path / "ws2"
     _run([sys.executable, "-m", "sslseq.cli", "train", str(cfg), f"out_dir={one}", "optim.update_freq=2"])
-    _run([*LAUNCHERS[launcher](_free_port()), "-m", "sslseq.cli", "train", str(cfg), f"out_dir={two}",
+    _run([*LAUNCHERS[launcher](free_port()), "-m", "sslseq.cli", "train", str(cfg), f"out_dir={two}",
           "optim.update_freq=1"])
     assert yaml.safe_load((two / "train_summary.yaml").read_text())["processes"] == 2
     l1, l2 = _losses(one), _losses(two)
@@ -88,13 +81,12 @@ def test_two_processes_equal_one_with_twice_the_accumulation(tmp_path, launcher)
     assert init["step"] == 3
 
 
-def _quantizer_worker(rank: int, world: int, port: int, out: str) -> None:
+def _quantizer_worker(rank: int, world: int, store: str, out: str) -> None:
     """One process's half of the frames through the quantizer; its diversity loss as the
     wav2vec 2.0 objective scales it (× its frame count), gradients summed over processes."""
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, store):
         qz, x = _quantizer_case()
         part = x.chunk(world, dim=1)[rank]
         q = qz(part)
@@ -105,8 +97,6 @@ def _quantizer_worker(rank: int, world: int, port: int, out: str) -> None:
             dist.all_reduce(g)
         if rank == 0:
             torch.save({"prob_ppl": q.prob_perplexity.detach(), "code_ppl": q.code_perplexity, "grads": grads}, out)
-    finally:
-        dist.destroy_process_group()
 
 
 def _quantizer_case():
@@ -124,7 +114,7 @@ def test_quantizer_diversity_statistics_are_summed_over_processes(tmp_path):
     ((q.num_vars - q.prob_perplexity) / q.num_vars * x.shape[1]).backward()
     ref = [p.grad for p in qz.parameters() if p.grad is not None]
     out = tmp_path / "rank0.pt"
-    torch.multiprocessing.spawn(_quantizer_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    spawn(_quantizer_worker, args=(2, str(tmp_path / "store"), str(out)))
     got = torch.load(out, weights_only=True)
     # the perplexities describe all 40 frames, not one process's 20
     torch.testing.assert_close(got["prob_ppl"], q.prob_perplexity.detach())

@@ -5,29 +5,18 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import subprocess
-import sys
-import time
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from sslseq.cluster.kmeans import assign, fit_kmeans, fit_kmeans_on_features, load_kmeans, sample_frames
 from sslseq.utils import SslseqError
+from multiproc import TIMEOUT, gloo_group, spawn, torchrun
 from test_kmeans import blobs, make_feat_dir
 
 ENV = {**os.environ, "SSLSEQ_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-TIMEOUT = 240  # seconds for one multi-process run on a loaded 2-core machine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_sample_blocks_partition_the_one_process_sample(tmp_path):
@@ -65,12 +54,8 @@ def _cases():
     yield "reseed", two.numpy(), 4, {"init": init}
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=TIMEOUT))
-    try:
+def _worker(rank: int, store: str, out_dir: str) -> None:
+    with gloo_group(rank, 2, store):
         for name, x, k, kw in _cases():
             for split, (a, b) in _splits(len(x)).items():
                 block = x[:a] if rank == 0 else x[a:b]
@@ -81,18 +66,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             fit_kmeans(torch.randn(50, 2), 2, batch_size=10, device="cpu", verbose=False, distributed=True)
         except SslseqError as e:
             (Path(out_dir) / f"minibatch_{rank}.txt").write_text(str(e))
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_processes_fit_equals_one(tmp_path):
-    ctx = torch.multiprocessing.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=False)
-    deadline = time.monotonic() + TIMEOUT
-    while not ctx.join(timeout=2):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the 2 k-means processes did not finish within {TIMEOUT} s")
+    spawn(_worker, args=(str(tmp_path / "store"), str(tmp_path)))
     for name, x, k, kw in _cases():
         want, want_inertia, want_iter = fit_kmeans(torch.from_numpy(x), k, device="cpu", verbose=False, **kw)
         for split in _splits(len(x)):
@@ -117,8 +94,7 @@ def test_cli_under_torchrun_equals_one_process(tmp_path):
     feat_dir = make_feat_dir(tmp_path / "feats", lengths)
     opts = ["--k", "6", "--seed", "1", "--device", "cpu", "--sample-frac", "0.8", "--max-frames", "1700"]
     model_dir = tmp_path / "km2"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "sslseq.cli", "kmeans", "fit", *opts,
+    cmd = [*torchrun(2), "-m", "sslseq.cli", "kmeans", "fit", *opts,
            str(feat_dir), str(model_dir / "model.safetensors")]
     r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=TIMEOUT)
     assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stderr[-5000:]}"

@@ -57,13 +57,6 @@ def run_until(workdir: Path, ready, *args: str, timeout: float = 600) -> None:
         p.wait()
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("synth_en_tiny")
-    run_recipe(workdir)
-    return workdir
-
-
 def test_tiny_recipe_end_to_end(tiny_run: Path):
     results = (tiny_run / "exp" / "RESULTS.md").read_text()
     assert "WER" in results

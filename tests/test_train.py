@@ -467,3 +467,90 @@ def test_config_digest_follows_the_included_model_config(tmp_path):
     top.write_text("task: pretrain\nmodel_config: missing.yaml\n")
     with pytest.raises(SslseqError, match="model_config missing.yaml: cannot read"):
         config_digest(top)
+
+
+class NanAfter(FrameClassifier):
+    """A model whose loss turns NaN from update ``start`` on (``every``: only on every n-th update),
+    as a diverged run's does."""
+
+    def __init__(self, start: int, every: int = 1):
+        super().__init__(dropout=0.0)
+        self.start, self.every = start, every
+
+    def forward(self, batch):
+        out = super().forward(batch)
+        step = self.updates[-1]
+        if step >= self.start and (step - self.start) % self.every == 0:
+            out = ModelOutput(out.loss * float("nan"), out.sample_size, out.logs)
+        return out
+
+
+def test_nan_updates_in_a_row_stop_training_with_an_error(tmp_path, tones):
+    cfg = _cfg(tmp_path, tones, "nan", "optim.max_steps=15", "valid_interval=2", "save_interval=2")
+    # updates 1-2 are fine (validated at step 2), from update 3 on the loss is NaN
+    with pytest.raises(SslseqError, match=r"training diverged at step 12: the last 10 updates were skipped "
+                                          r"\(optim\.max_skipped_in_row=10\).*Lower optim\.lr"):
+        Trainer(cfg, model=NanAfter(start=2)).fit()
+    out = Path(cfg.out_dir)
+    # nothing marks it finished, and the NaN validations (steps 4-10) never became the best model
+    assert not (out / "train_summary.yaml").exists() and not (out / "model.safetensors").exists()
+    assert yaml.safe_load((out / "checkpoints" / "best" / "best.yaml").read_text())["step"] == 2
+    valid = [r["valid_loss"] for r in _jsonl(out) if "valid_loss" in r]
+    assert len(valid) == 5 and math.isfinite(valid[0]) and all(math.isnan(v) for v in valid[1:])
+    # skipped updates are logged per interval, the one that stopped training too
+    assert [r["skipped_updates"] for r in _jsonl(out) if "skipped_updates" in r] == [0, 0] + [1] * 10
+    state = ckpt.load_trainer_state(ckpt.latest_checkpoint(out / "checkpoints"))
+    assert state["stats"]["best"]["step"] == 2 and state["stats"]["skipped_updates"] == 8  # steps 3-10
+
+
+def test_too_many_skipped_updates_in_all_stop_training(tmp_path, tones):
+    # every 2nd update NaN: never 10 in a row, but 11 of 21 skipped > max(10, 0.05 * 40)
+    cfg = _cfg(tmp_path, tones, "nan2", "optim.max_steps=40", "valid_interval=0")
+    with pytest.raises(SslseqError, match=r"11 of 21 updates were skipped, more than 10 \(optim\.max_skipped_frac"):
+        Trainer(cfg, model=NanAfter(start=0, every=2)).fit()
+    # the limits are configurable: a few skipped updates are counted in the summary, not fatal
+    cfg = _cfg(tmp_path, tones, "nan3", "optim.max_steps=12", "optim.max_skipped_frac=1.0")
+    Trainer(cfg, model=NanAfter(start=0, every=3)).fit()
+    summary = yaml.safe_load((Path(cfg.out_dir) / "train_summary.yaml").read_text())
+    assert summary["skipped_updates"] == 4 and math.isfinite(summary["best"]["value"])
+
+
+def test_fp16_overflow_counts_as_skipped_only_below_a_loss_scale_of_one(tmp_path, tones):
+    """fp16's loss scaler skips overflowing steps itself while it lowers its scale: those are not a
+    diverged run until the scale is below 1 (a stand-in scaler: fp16 needs a GPU)."""
+    t = _setup(_cfg(tmp_path, tones, "fp16"), NanAfter(start=0))
+
+    class Scaler:
+        scale_now = 4.0
+
+        def scale(self, loss):
+            return loss
+
+        def get_scale(self):
+            return self.scale_now
+
+    scaler = t.accelerator.scaler = Scaler()
+
+    def scaler_step():  # what GradScaler.step + update do with inf/nan gradients
+        scaler.scale_now /= 2
+
+    t.optimizer.step = scaler_step
+    from sslseq.data.dataset import SpeechDataset
+
+    ds = SpeechDataset(tones["train"], labels=tones["km"], max_sample_seconds=2.0)
+    batch = collate([ds[(i, 0)] for i in range(2)])
+    counted = []
+    for _ in range(4):  # scale 4 -> 2 -> 1 -> 0.5 -> 0.25
+        t.train_step([batch])
+        counted.append(t.stats.get("skipped_updates", 0))
+    assert counted == [0, 0, 1, 2]
+
+
+def test_a_model_with_nan_validation_is_not_written_as_finished(tmp_path, tones):
+    # the skip limits switched off: the run reaches its last step, whose validation is NaN
+    cfg = _cfg(tmp_path, tones, "nanval", "optim.max_steps=4", "valid_interval=0", "optim.max_skipped_in_row=0",
+               "optim.max_skipped_frac=1.0")
+    with pytest.raises(SslseqError, match=r"the model after 4 steps is not usable: the final validation loss is nan"):
+        Trainer(cfg, model=NanAfter(start=2)).fit()
+    out = Path(cfg.out_dir)
+    assert not (out / "train_summary.yaml").exists() and not (out / "model.safetensors").exists()

@@ -44,3 +44,26 @@ while [ $# -gt 0 ]; do
     *) break ;;
   esac
 done
+
+# Checks of option values, for a recipe's one validation block (run before anything is touched):
+#   opt_int [--optional] NAME MIN [MAX]   a decimal integer (--optional: or empty)
+#   opt_number NAME                       a positive decimal number (e.g. 10, 0.5)
+#   opt_bool NAME                         true or false
+#   opt_one_of NAME VALUE...              one of the values
+# A bad value exits with one line naming the option, the value and what it must be.
+__bad_option() { echo "${0##*/}: --${1//_/-} '${!1-}': must be $2" >&2; exit 1; }
+opt_int() {
+  local optional=false; if [ "$1" = --optional ]; then optional=true; shift; fi
+  local name=$1 min=$2 max=${3-} v=${!1-} range
+  range="an integer >= $min"; [ -z "$max" ] || range="an integer from $min to $max"
+  if [ -z "$v" ] && [ "$optional" = true ]; then return 0; fi
+  [[ "$v" =~ ^(0|[1-9][0-9]{0,17})$ ]] || __bad_option "$name" "$range"
+  [ "$v" -ge "$min" ] && { [ -z "$max" ] || [ "$v" -le "$max" ]; } || __bad_option "$name" "$range"
+}
+opt_number() { [[ "${!1-}" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]] && [[ "${!1}" =~ [1-9] ]] || __bad_option "$1" "a positive number"; }
+opt_bool() { case "${!1-}" in true|false) ;; *) __bad_option "$1" "true or false" ;; esac; }
+opt_one_of() {
+  local name=$1 v; shift
+  for v in "$@"; do [ "${!name-}" != "$v" ] || return 0; done
+  __bad_option "$name" "one of: $*"
+}

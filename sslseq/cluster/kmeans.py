@@ -27,14 +27,14 @@ import numpy as np
 import torch
 import yaml
 
-from sslseq.cluster.labels import LABELS_META
+from sslseq.cluster.labels import LABELS_DICT, LABELS_META
 from sslseq.utils import SslseqError, atomic_path, atomic_write_text, get_logger, progress
 
 log = get_logger("sslseq.cluster.kmeans")
 
 # Rows per distance chunk: a (CHUNK, K) float32 block stays cache-sized for K of a few hundred.
 CHUNK = 1024
-DICT_NAME = "dict.km.txt"
+DICT_NAME = LABELS_DICT
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import yaml
 
-from sslseq.utils import SslseqError
+from sslseq.utils import SslseqError, read_yaml_mapping
 
 LABELS_META = "labels.yaml"
+LABELS_DICT = "dict.km.txt"  # fairseq's dictionary: one line per cluster
 # fairseq's HuBERT dataset allows labels and frames to differ by this many (padding/rounding).
 LENGTH_TOLERANCE = 2
 
@@ -39,8 +39,19 @@ def read_labels(km_path: Path) -> tuple[list[str] | None, list[np.ndarray], dict
             "they were written by different runs: regenerate the labels"
         )
     meta_path = km_path.parent / LABELS_META
-    meta = (yaml.safe_load(meta_path.read_text()) or {}) if meta_path.is_file() else {}
+    fix = "regenerate the labels ('sslseq kmeans label', recipe stage 3)"
+    meta = read_yaml_mapping(meta_path, fix) if meta_path.is_file() else {}
     k = meta.get("k")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise SslseqError(f"{meta_path}: 'k: {k!r}' is not a number of clusters; {fix}")
+    dict_path = km_path.parent / LABELS_DICT
+    if k is not None and dict_path.is_file():
+        n_dict = len(dict_path.read_text(encoding="utf-8").splitlines())
+        if n_dict != k:
+            raise SslseqError(
+                f"{dict_path} lists {n_dict} clusters but {meta_path} says k={k}; the label dir mixes files "
+                f"of different k-means runs: {fix}"
+            )
     if k is not None:
         for lineno, lab in enumerate(labels, 1):
             if len(lab) and (lab.min() < 0 or lab.max() >= int(k)):

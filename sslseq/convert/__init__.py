@@ -216,6 +216,9 @@ def load_torch_file(path: str | os.PathLike) -> Any:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
+    except EOFError:
+        raise SslseqError(f"{path}: the file is empty or cut short ({path.stat().st_size} bytes), not a checkpoint; "
+                          "copy or download it again") from None
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
         msg = str(e)
         if "weights_only" in msg.lower() or "unsupported global" in msg.lower():

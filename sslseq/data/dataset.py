@@ -112,11 +112,11 @@ class SpeechDataset(torch.utils.data.Dataset):
 
     # ------------------------------------------------------------ loading
     def _read_labels(self, data) -> list[np.ndarray]:
-        from sslseq.cluster.labels import read_labels
+        from sslseq.cluster.labels import LABELS_DICT, read_labels
 
         km = self.labels_path
         utts, labels, meta = read_labels(km)
-        dict_path = km.parent / "dict.km.txt"
+        dict_path = km.parent / LABELS_DICT
         if "k" not in meta and dict_path.is_file():  # labels made by other tools: fairseq dictionary
             meta = {**meta, "k": len(dict_path.read_text().splitlines())}
         if "label_rate" not in meta or "k" not in meta:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sslseq.audio import audio_info
+from sslseq.audio import MIN_AUDIO_SECONDS, audio_info, read_audio
 from sslseq.data.text import DEFAULT_UNITS, CharTokenizer
 from sslseq.utils import SslseqError, atomic_write_text, get_logger, progress
 
@@ -215,17 +216,43 @@ def _read_for_validation(
     return entries
 
 
-def validate_data_dir(
+@dataclass
+class Validation:
+    """What ``check_data_dir`` found: every problem, one ``<file>:<line>: <utt>: <what>`` line
+    each (empty: OK), and those of them that are one utterance's audio (utterance -> problem),
+    which ``drop_utterances`` can fix by leaving the utterances out."""
+
+    problems: list[str]
+    bad_audio: dict[str, str]  # the first problem of each
+    n_bad_audio: int = 0  # problems that are in bad_audio's utterances' audio
+
+    @property
+    def only_bad_audio(self) -> bool:
+        """Whether leaving out the utterances of ``bad_audio`` would fix every problem."""
+        return bool(self.bad_audio) and self.n_bad_audio == len(self.problems)
+
+
+def validate_data_dir(path: str | os.PathLike, **kw) -> list[str]:
+    """Every problem of a data dir (``check_data_dir(...).problems``; empty: OK)."""
+    return check_data_dir(path, **kw).problems
+
+
+def check_data_dir(
     path: str | os.PathLike,
     *,
     allow_pipes: bool = False,
     sample_rate: int = 16000,
     units: str | os.PathLike | CharTokenizer | None = None,
-) -> list[str]:
-    """Every problem of a data dir, one ``<file>:<line>: <utt>: <what>`` line each (empty: OK)."""
+    read_samples: bool = True,
+) -> Validation:
+    """Check every file and audio entry of a data dir.
+
+    Audio shorter than one 25 ms frame is a problem (it has no features). ``read_samples``
+    decodes every file too, so NaN or infinite samples are found here rather than when
+    features are dumped; without it only the headers are read (``sslseq data validate --quick``)."""
     path = Path(path)
     if not path.is_dir():
-        return [f"{path}: data dir not found"]
+        return Validation([f"{path}: data dir not found"], {})
     tok = _load_tokenizer(units)
     problems: list[str] = []
     files = {
@@ -255,9 +282,47 @@ def validate_data_dir(
                     f"{path / 'text'}:{no}: {utt}: characters not in the unit set: {shown} "
                     "(normalize the text, or pass --units with a units file that has them)"
                 )
+    found = Validation(problems, {})
     if wav is not None:
-        problems += _check_audio(path, wav, durs, maps.get("utt2dur", {}), allow_pipes, sample_rate)
-    return problems
+        for utt, msg in _check_audio(path, wav, durs, maps.get("utt2dur", {}), allow_pipes, sample_rate, read_samples):
+            problems.append(msg)
+            if utt:
+                found.bad_audio.setdefault(utt, msg)
+                found.n_bad_audio += 1
+    return found
+
+
+BAD_UTTS = "bad_utts"  # in a data dir: utterances drop_utterances left out, '<utt>\t<why>' lines
+
+
+def drop_utterances(path: str | os.PathLike, bad: dict[str, str]) -> int:
+    """The data dir's fixer: rewrite it without the utterances ``bad`` (utterance -> why) and add
+    them to its ``bad_utts``. The new dir is written beside the old one and swapped in, so a
+    reader sees either. Returns the number of utterances left."""
+    path = Path(path)
+    d = load_data_dir(path)
+    keep = [u for u in d.utts if u not in bad]
+    if not keep:
+        raise SslseqError(f"{path}: every utterance has bad audio (e.g. {next(iter(bad.values()))}); nothing would be left")
+    old_bad = path / BAD_UTTS
+    listed = old_bad.read_text(encoding="utf-8") if old_bad.is_file() else ""
+    tmp = path.parent / f".{path.name}.fixing"
+    old = path.parent / f".{path.name}.old"
+    for t in (tmp, old):
+        if t.exists():
+            shutil.rmtree(t)
+    write_data_dir(
+        tmp,
+        wav={u: d.wav[u] for u in keep},
+        text={u: d.text[u] for u in keep} if d.text else None,
+        utt2spk={u: d.utt2spk[u] for u in keep},
+        utt2dur={u: d.utt2dur[u] for u in keep},
+    )
+    atomic_write_text(tmp / BAD_UTTS, listed + "".join(f"{u}\t{bad[u]}\n" for u in c_sorted(bad) if u in d.wav))
+    os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old)
+    return len(keep)
 
 
 def _check_speakers(
@@ -305,8 +370,11 @@ def _check_audio(
     dur_map: dict[str, tuple[str, int]],
     allow_pipes: bool,
     sample_rate: int,
-) -> list[str]:
-    problems = []
+    read_samples: bool,
+) -> list[tuple[str, str]]:
+    """(utterance, problem) of every audio entry that cannot be used (utterance "": a problem of
+    another file, e.g. utt2dur, that leaving the utterance out would not fix)."""
+    problems: list[tuple[str, str]] = []
     wav_name = path / "wav.scp"
     other_rates: dict[int, int] = {}
     for utt in progress(c_sorted(wav), desc=f"validate {path.name}", total=len(wav), unit="utt"):
@@ -315,12 +383,22 @@ def _check_audio(
         try:
             sr, channels, frames = audio_info(spec, allow_pipes=allow_pipes, where=where)
         except SslseqError as e:
-            problems.append(str(e))
+            problems.append((utt, str(e)))
             continue
         if channels != 1:
             problems.append(
-                f"{where}: audio has {channels} channels, sslseq needs mono; downmix it (e.g. 'sox in.wav -c 1 out.wav')"
+                (utt, f"{where}: audio has {channels} channels, sslseq needs mono; downmix it (e.g. 'sox in.wav -c 1 out.wav')")
             )
+        elif read_samples:
+            try:  # at its own rate: this checks the samples, resampling is for feature dumping
+                read_audio(spec, sample_rate=sr, allow_pipes=allow_pipes, resample=False, where=where)
+            except SslseqError as e:
+                problems.append((utt, str(e)))
+        if frames < MIN_AUDIO_SECONDS * sr:
+            problems.append((
+                utt, f"{where}: {frames / sr:.4f} s of audio is shorter than one {1000 * MIN_AUDIO_SECONDS:g} ms frame, "
+                "so it has no features; drop it from the data dir"
+            ))
         if sr != sample_rate:
             other_rates[sr] = other_rates.get(sr, 0) + 1
             if other_rates[sr] == 1:
@@ -331,10 +409,10 @@ def _check_audio(
         if utt in durs:
             real = frames / sr
             if abs(real - durs[utt]) > DUR_TOLERANCE:
-                problems.append(
-                    f"{path / 'utt2dur'}:{dur_map[utt][1]}: {utt}: utt2dur says {durs[utt]:.3f} s but the audio "
+                problems.append((  # the audio is fine: not for drop_utterances
+                    "", f"{path / 'utt2dur'}:{dur_map[utt][1]}: {utt}: utt2dur says {durs[utt]:.3f} s but the audio "
                     f"is {real:.3f} s; recompute utt2dur"
-                )
+                ))
     for sr, n in other_rates.items():
         log.warning("%s: %d utterance(s) are %d Hz instead of %d Hz", wav_name, n, sr, sample_rate)
     return problems

@@ -174,7 +174,7 @@ def dump_features(
     skip_bad: unreadable (or too short) utterances are listed in ``bad_utts.<rank>_<nj>`` and left
     out of the shard instead of stopping the dump.
     """
-    from sslseq.audio import read_audio
+    from sslseq.audio import MIN_AUDIO_SECONDS, read_audio
     from sslseq.data.kaldi import load_data_dir
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -236,7 +236,7 @@ def dump_features(
                 for utt, wave in loaded:
                     if isinstance(wave, SslseqError):
                         bad[utt] = str(wave)
-                    elif len(wave) < 400:  # shorter than one 25 ms frame: no features at all
+                    elif len(wave) < MIN_AUDIO_SECONDS * SAMPLE_RATE:  # no features at all
                         bad[utt] = (
                             f"{where(utt)}: {len(wave) / SAMPLE_RATE:.3f} s of audio is shorter than one 25 ms "
                             f"frame, so it has no {feat_type} features; drop it from the data dir"
@@ -245,7 +245,11 @@ def dump_features(
                         good.append((utt, wave))
                 if bad and not skip_bad:
                     first = next(iter(bad.values()))
-                    raise SslseqError(f"{first} (or pass --skip-bad to leave such utterances out)")
+                    more = f" ({len(bad) - 1} more in this batch)" if len(bad) > 1 else ""
+                    raise SslseqError(
+                        f"{first}{more}; 'sslseq data validate {data_dir}' lists every such utterance "
+                        f"(or pass --skip-bad to leave them out, listed in {out_dir}/bad_utts.{name})"
+                    )
                 if good:
                     for (utt, _), f in zip(good, ex([w for _, w in good])):
                         if len(f) == 0:

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import yaml
 
-from sslseq.utils import SslseqError, atomic_path, atomic_write_text
+from sslseq.utils import SslseqError, atomic_path, atomic_write_text, read_yaml_mapping
 
 META = "feats.yaml"
 
@@ -45,7 +45,13 @@ def read_meta(feat_dir: Path) -> dict:
     path = Path(feat_dir) / META
     if not path.is_file():
         raise SslseqError(f"{path} not found: {feat_dir} is not a feature dir (run 'sslseq feats dump' first)")
-    return yaml.safe_load(path.read_text())
+    fix = f"the feature dir is damaged or from another tool: dump it again ('sslseq feats dump', recipe stage 2: delete {feat_dir})"
+    meta = read_yaml_mapping(path, fix, required=("type", "dim", "frame_rate", "nj"))
+    for key, ok in (("nj", lambda v: isinstance(v, int) and v >= 1), ("dim", lambda v: isinstance(v, int) and v >= 0),
+                    ("frame_rate", lambda v: isinstance(v, (int, float)) and v > 0)):
+        if isinstance(meta[key], bool) or not ok(meta[key]):
+            raise SslseqError(f"{path}: '{key}: {meta[key]!r}' is not a valid value; {fix}")
+    return meta
 
 
 def write_shard(feat_dir: Path, rank: int, nj: int, utts: list[str], feats: list[np.ndarray]) -> None:

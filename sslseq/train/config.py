@@ -8,6 +8,7 @@ section instead (path relative to the training YAML); keys under ``model`` overr
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,11 @@ class OptimConfig:
     init_lr_scale: float = 0.01  # tri_stage
     final_lr_scale: float = 0.05  # tri_stage
     update_freq: int = 1  # gradient accumulation: micro-batches per optimizer step
+    # Updates skipped for a non-finite gradient (a diverged run): training stops with an error
+    # after this many in a row (0: never) ...
+    max_skipped_in_row: int = 10
+    # ... or once more than max(max_skipped_in_row, this fraction of max_steps) were skipped in all (1: never)
+    max_skipped_frac: float = 0.05
 
 
 @dataclass
@@ -166,9 +172,20 @@ def check_train_config(cfg: TrainConfig, where: str = "config") -> None:
         ("log_interval", cfg.log_interval, 1),
         ("save_interval", cfg.save_interval, 1),
         ("valid_interval", cfg.valid_interval, 0),
+        ("optim.max_skipped_in_row", cfg.optim.max_skipped_in_row, 0),
     ):
         if value < lo:
             raise bad(key, f"must be >= {lo}, got {value}")
+    o = cfg.optim
+    for key, value in (("optim.lr", o.lr), ("optim.eps", o.eps), ("optim.weight_decay", o.weight_decay),
+                       ("optim.clip_norm", o.clip_norm), ("optim.init_lr_scale", o.init_lr_scale),
+                       ("optim.final_lr_scale", o.final_lr_scale)):
+        if not (value >= 0 and math.isfinite(value)):
+            raise bad(key, f"must be >= 0 and finite, got {value}")
+    if not all(0.0 <= b < 1.0 for b in o.betas):
+        raise bad("optim.betas", f"each must be in [0, 1) (Adam's decay rates, e.g. [0.9, 0.98]), got {list(o.betas)}")
+    if not 0.0 <= cfg.optim.max_skipped_frac <= 1.0:
+        raise bad("optim.max_skipped_frac", f"must be in [0, 1] (1: never stop), got {cfg.optim.max_skipped_frac}")
     if not cfg.data.max_batch_seconds > 0:
         raise bad("data.max_batch_seconds", "must be positive")
     if cfg.data.max_sample_seconds > cfg.data.max_batch_seconds:
@@ -185,7 +202,8 @@ def check_train_config(cfg: TrainConfig, where: str = "config") -> None:
 
 # Keys that do not change the trained model: a run may resume with them changed.
 _NON_SEMANTIC = {("data", "num_workers"), ("log_interval",), ("keep_last",), ("device",), ("save_interval",),
-                 ("compile",), ("find_unused_parameters",)}
+                 ("compile",), ("find_unused_parameters",), ("optim", "max_skipped_in_row"),
+                 ("optim", "max_skipped_frac")}
 
 
 def semantic_dict(cfg: TrainConfig) -> dict[str, Any]:

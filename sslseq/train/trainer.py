@@ -416,10 +416,21 @@ class Trainer:
                     p.grad.mul_(scale)
         max_norm = o.clip_norm if o.clip_norm > 0 else math.inf
         grad_norm = float(acc.clip_grad_norm_(self.model.parameters(), max_norm))
-        if math.isfinite(grad_norm) or acc.scaler is not None:
-            self.optimizer.step()  # with fp16 the scaler skips steps with inf/nan itself
+        # The norm is of the all-reduced gradients: every process skips the same updates.
+        finite = math.isfinite(grad_norm)
+        if finite or acc.scaler is not None:
+            self.optimizer.step()  # with fp16 the scaler skips steps with inf/nan itself (and lowers its scale)
+        # With fp16 an overflow is how the loss scaler finds its scale (the first steps of a run
+        # may all overflow): it counts as skipped once the scale is below 1, where the gradients
+        # overflow even unscaled.
+        skipped = not finite and (acc.scaler is None or acc.scaler.get_scale() < 1.0)
+        if skipped:
+            self.stats["skipped_updates"] = self.stats.get("skipped_updates", 0) + 1
+            self.stats["skipped_in_row"] = self.stats.get("skipped_in_row", 0) + 1
+            log.warning("step %d: gradient norm is %s; update skipped (%d in a row, %d in all)", self.step + 1,
+                        grad_norm, self.stats["skipped_in_row"], self.stats["skipped_updates"])
         else:
-            log.warning("step %d: gradient norm is %s; update skipped", self.step, grad_norm)
+            self.stats["skipped_in_row"] = 0
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         n = max(sample_size, 1)
@@ -431,6 +442,7 @@ class Trainer:
             "grad_norm": grad_norm,
             "audio_samples": float(audio),
             "padded_samples": float(frames_padded),
+            "skipped": float(skipped),
             **{k: v / n for k, v in logs.items()},
         }
 
@@ -557,6 +569,7 @@ class Trainer:
             "frames_per_s": audio_s * frame_rate / elapsed,
             "audio_s_per_s": audio_s / elapsed,
             "padding_ratio": 1.0 - a["audio_samples"] / max(a["padded_samples"], 1.0),
+            "skipped_updates": int(a.get("skipped", 0)),  # in this interval
         }
         self.stats["last_train_loss"] = record["loss"]
         self.stats["frames_per_s"] = record["frames_per_s"]
@@ -569,10 +582,11 @@ class Trainer:
 
     def _accumulate(self, s: dict[str, float], seconds: float) -> None:
         a = self.acc
-        for k in ("loss_sum", "sample_size", "grad_norm", "audio_samples", "padded_samples"):
-            a[k] = a.get(k, 0.0) + s[k]
+        summed = ("loss_sum", "sample_size", "grad_norm", "audio_samples", "padded_samples", "skipped")
+        for k in summed:
+            a[k] = a.get(k, 0.0) + s.get(k, 0.0)
         for k, v in s.items():
-            if k not in ("loss", "loss_sum", "sample_size", "lr", "grad_norm", "audio_samples", "padded_samples"):
+            if k not in ("loss", "lr", *summed):
                 a[f"log_{k}"] = a.get(f"log_{k}", 0.0) + v
         a["lr"] = s["lr"]
         a["steps"] = a.get("steps", 0) + 1
@@ -585,7 +599,7 @@ class Trainer:
         t0 = time.time()
         result = self.validate()
         best = self.stats.get("best_valid_loss")
-        if best is None or result["valid_loss"] < best:
+        if math.isfinite(result["valid_loss"]) and (best is None or result["valid_loss"] < best):
             self.stats["best_valid_loss"] = result["valid_loss"]
         self._keep_if_best(result)
         self.stats["last_valid"] = result
@@ -600,6 +614,9 @@ class Trainer:
         """Keep the model of the best validation so far in ``checkpoints/best/`` (by dev WER for
         CTC, dev loss otherwise; lower is better), besides the newest ``keep_last`` checkpoints."""
         metric = "valid_wer" if "valid_wer" in result else "valid_loss"
+        if not math.isfinite(result[metric]):
+            log.warning("step %d: %s is %s; not a best model", self.step, metric, result[metric])
+            return
         best = self.stats.get("best")
         if best is not None and best["metric"] == metric and result[metric] >= best["value"]:
             return
@@ -614,8 +631,28 @@ class Trainer:
         if is_finished(cfg):
             log.info("%s: already trained with this config; nothing to do", self.out_dir)
             return self.out_dir
-        self.setup()
-        return self._loop(stop_at_step)
+        done = False
+        try:
+            self.setup()
+            out = self._loop(stop_at_step)
+            done = True
+            return out
+        finally:
+            self._end_processes(done)
+
+    def _end_processes(self, done: bool) -> None:
+        """Leave the process group of a multi-process run cleanly: a barrier once every process
+        is done (none tears its connections down while a peer still talks to it, which makes gloo
+        abort), then ``destroy_process_group``. After a failure the peers may never arrive: the
+        group is destroyed at once."""
+        acc = getattr(self, "accelerator", None)
+        if acc is None or acc.num_processes <= 1 or not torch.distributed.is_initialized():
+            return
+        try:
+            if done:
+                torch.distributed.barrier()
+        finally:
+            torch.distributed.destroy_process_group()
 
     def setup(self) -> None:
         """Accelerator, data, model and optimizer; restores the newest checkpoint if any."""
@@ -658,8 +695,11 @@ class Trainer:
                 s = self.train_step(micro)
                 self._accumulate(s, time.time() - t0)
                 final = self.step == o.max_steps
-                if self.step % cfg.log_interval == 0 or final:
+                diverged = self._diverged()
+                if self.step % cfg.log_interval == 0 or final or diverged:
                     self._flush_interval(bar)
+                if diverged:
+                    raise SslseqError(diverged)
                 if (cfg.valid_interval and self.step % cfg.valid_interval == 0) or final:
                     self._run_validation()
                 if self.step % cfg.save_interval == 0 or final:
@@ -672,10 +712,47 @@ class Trainer:
                 self.tb.close()
         if self.step < o.max_steps:
             return self.out_dir  # stopped early (stop_at_step)
+        # Checked on every process (the weights and the reduced validation agree), so all stop alike.
+        problem = self._final_model_problem()
+        if problem:
+            raise SslseqError(
+                f"{self.out_dir}: the model after {self.step} steps is not usable: {problem}; it is not written as "
+                f"finished. Lower optim.lr (now {o.lr:g}) or raise optim.warmup_steps, and train again"
+            )
         if self.is_main:
             self._write_final()
         self.accelerator.wait_for_everyone()
         return self.out_dir
+
+    def _diverged(self) -> str | None:
+        """Why training must stop, when too many updates were skipped for non-finite gradients
+        (``optim.max_skipped_in_row``, ``optim.max_skipped_frac``); None while it may go on."""
+        o = self.cfg.optim
+        in_row, total = self.stats.get("skipped_in_row", 0), self.stats.get("skipped_updates", 0)
+        max_total = max(o.max_skipped_in_row, o.max_skipped_frac * o.max_steps)
+        if o.max_skipped_in_row and in_row >= o.max_skipped_in_row:
+            what = f"the last {in_row} updates were skipped (optim.max_skipped_in_row={o.max_skipped_in_row})"
+        elif o.max_skipped_frac < 1.0 and total > max_total:
+            what = (f"{total} of {self.step} updates were skipped, more than {max_total:g} "
+                    f"(optim.max_skipped_frac={o.max_skipped_frac} of optim.max_steps={o.max_steps})")
+        else:
+            return None
+        return (
+            f"{self.out_dir}: training diverged at step {self.step}: {what}: the gradients are NaN or inf. "
+            f"Lower optim.lr (now {o.lr:g}), raise optim.warmup_steps (now {o.warmup_steps}) or use clipping "
+            f"(optim.clip_norm, now {o.clip_norm:g}), then train into a new out_dir (or delete {self.ckpt_dir}); "
+            "no final model was written"
+        )
+
+    def _final_model_problem(self) -> str | None:
+        """Why the final model must not be marked finished: non-finite weights or validation loss."""
+        bad = [n for n, t in self.unwrapped.state_dict().items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            return f"{len(bad)} weight tensors hold NaN or inf (e.g. {bad[0]})"
+        valid = (self.stats.get("last_valid") or {}).get("valid_loss")
+        if valid is not None and not math.isfinite(valid):
+            return f"the final validation loss is {valid}"
+        return None
 
     def _write_final(self) -> None:
         """model.safetensors, config.yaml, units.txt (CTC), then train_summary.yaml (the done marker)."""
@@ -699,6 +776,7 @@ class Trainer:
             "audio_hours_processed": round(self.stats.get("audio_seconds", 0.0) / 3600, 4),
             "frames_per_s": self.stats.get("frames_per_s"),
             "processes": self.accelerator.num_processes,
+            "skipped_updates": int(self.stats.get("skipped_updates", 0)),  # non-finite gradients
             "config_digest": self.digest,
         }
         atomic_write_text(out / SUMMARY, yaml.safe_dump(summary, sort_keys=False))
