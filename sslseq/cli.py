@@ -43,6 +43,35 @@ def cmd_corpus_prepare(a: argparse.Namespace) -> None:
     prepare_data_dirs(Path(a.corpus_dir), Path(a.data_dir))
 
 
+def cmd_corpus_lm_text(a: argparse.Namespace) -> None:
+    from sslseq.data.synth import lm_sentences
+    from sslseq.lm.corpus import write_lm_text
+
+    write_lm_text(lm_sentences(a.books), Path(a.out), [Path(d) for d in a.exclude])
+
+
+def cmd_lm_check_overlap(a: argparse.Namespace) -> None:
+    from sslseq.lm.corpus import check_overlap
+
+    n = check_overlap(Path(a.lm_text), [Path(d) for d in a.data_dirs])
+    print(f"{a.lm_text}: OK ({n} lines, none holds a sentence of {' '.join(a.data_dirs)})")
+
+
+def cmd_lm_build(a: argparse.Namespace) -> None:
+    from sslseq.lm.ngram import build_lm
+
+    build_lm(Path(a.text), Path(a.out_dir), order=a.order, dev_text=Path(a.dev) if a.dev else None,
+             units=Path(a.units) if a.units else None)
+
+
+def cmd_lm_ppl(a: argparse.Namespace) -> None:
+    from sslseq.lm.ngram import perplexity
+
+    r = perplexity(Path(a.lm_dir), Path(a.text))
+    print(f"{r['text']}: {r['sentences']} sentences, {r['words']} words, {r['oov']} OOVs ({r['oov_rate']}%), "
+          f"logprob10 {r['logprob10']}, ppl {r['ppl']}")
+
+
 def cmd_data_validate(a: argparse.Namespace) -> None:
     from sslseq.data.kaldi import validate_data_dir
 
@@ -217,6 +246,31 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb(corpus, "prepare", cmd_corpus_prepare, "make Kaldi data dirs (train/dev/test) from a synthesized corpus")
     s.add_argument("corpus_dir")
     s.add_argument("data_dir")
+
+    s = verb(corpus, "lm-text", cmd_corpus_lm_text, "normalised LM text of the embedded corpus's source (the KJV), "
+             "without any line that is or contains a sentence of the --exclude data dirs")
+    s.add_argument("--exclude", action="append", required=True, metavar="DATA_DIR",
+                   help="a data dir whose sentences stay out (repeat it: --exclude data/dev --exclude data/test)")
+    s.add_argument("--books", action="append", default=None, metavar="BOOK",
+                   help="a KJV book to read, e.g. Genesis (repeatable; default: the whole Bible)")
+    s.add_argument("out", help="text file to write (and OUT.yaml with the counts)")
+
+    # lm
+    lm = verbs.add_parser("lm", help="word n-gram LMs for CTC decoding: build, check, perplexity, tune").add_subparsers(
+        dest="sub", metavar="SUB", required=True
+    )
+    s = verb(lm, "build", cmd_lm_build, "train a Kneser-Ney ARPA (kaldingram) and its lexicon into an LM dir")
+    s.add_argument("--order", type=int, default=3, help="n-gram order (3: see README, LM decoding)")
+    s.add_argument("--dev", default=None, help="a data dir (or Kaldi text file) to record the perplexity of")
+    s.add_argument("--units", default=None, help="the CTC model's units.txt (default: A-Z, apostrophe, |)")
+    s.add_argument("text")
+    s.add_argument("out_dir")
+    s = verb(lm, "check-overlap", cmd_lm_check_overlap, "fail if a line of the LM text is or contains a sentence of the data dirs")
+    s.add_argument("lm_text")
+    s.add_argument("data_dirs", nargs="+")
+    s = verb(lm, "ppl", cmd_lm_ppl, "perplexity of an LM dir on a data dir's text (OOVs left out, counted)")
+    s.add_argument("lm_dir")
+    s.add_argument("text", help="a data dir or a Kaldi text file")
 
     # data
     data = verbs.add_parser("data", help="Kaldi data dirs: validate, subset").add_subparsers(
