@@ -145,6 +145,14 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_decode(a: argparse.Namespace) -> None:
     from sslseq.asr.decode import decode_data_dir
 
+    lm_params = None
+    lm_flags = {"lm_weight": a.lm_weight, "word_score": a.word_score, "beam_size": a.beam_size}
+    if a.lm:
+        from sslseq.asr.lm_decode import LmParams
+
+        lm_params = LmParams.resolve(Path(a.lm_params) if a.lm_params else None, **lm_flags)
+    elif a.lm_params or any(v is not None for v in lm_flags.values()):
+        raise SslseqError("--lm-params, --lm-weight, --word-score and --beam-size set the LM search: give --lm LM_DIR too")
     decode_data_dir(
         Path(a.exp_dir),
         Path(a.data_dir),
@@ -155,6 +163,18 @@ def cmd_decode(a: argparse.Namespace) -> None:
         allow_pipes=a.allow_pipes,
         nj=a.nj,
         rank=a.rank,
+        lm_dir=Path(a.lm) if a.lm else None,
+        lm_params=lm_params,
+    )
+
+
+def cmd_lm_tune(a: argparse.Namespace) -> None:
+    from sslseq.asr.lm_tune import tune_lm
+
+    tune_lm(
+        Path(a.decode_dir), Path(a.lm), out_dir=Path(a.out_dir) if a.out_dir else None, lm_weights=a.lm_weights,
+        word_scores=a.word_scores, beam_size=a.beam_size, nj=a.nj,
+        held_out=[Path(p) for p in a.held_out] if a.held_out else None, force=a.force,
     )
 
 
@@ -268,6 +288,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb(lm, "check-overlap", cmd_lm_check_overlap, "fail if a line of the LM text is or contains a sentence of the data dirs")
     s.add_argument("lm_text")
     s.add_argument("data_dirs", nargs="+")
+    from sslseq.asr.lm_tune import DEFAULT_BEAM, DEFAULT_LM_WEIGHTS, DEFAULT_WORD_SCORES
+
+    s = verb(lm, "tune", cmd_lm_tune, "grid-search the LM weight and word score on a DEV decode dir's cached emissions "
+             "(writes DECODE_DIR/lm_tune/params.yaml and grid.tsv); refuses test sets")
+    s.add_argument("--lm", required=True, metavar="LM_DIR")
+    s.add_argument("--lm-weights", type=float, nargs="+", default=list(DEFAULT_LM_WEIGHTS), help="grid of LM weights")
+    s.add_argument("--word-scores", type=float, nargs="+", default=list(DEFAULT_WORD_SCORES), help="grid of word scores")
+    s.add_argument("--beam-size", type=int, default=DEFAULT_BEAM, help="beam of every grid point")
+    s.add_argument("--nj", type=int, default=1, help="grid points searched in parallel (forked processes)")
+    s.add_argument("--held-out", action="append", default=None, metavar="DATA_DIR",
+                   help="a test data dir the tuning set must not overlap (default: the test* dirs beside it)")
+    s.add_argument("--force", action="store_true", help="tune even on a set named test* or overlapping one")
+    s.add_argument("--out-dir", default=None, help="default: DECODE_DIR/lm_tune")
+    s.add_argument("decode_dir", help="the dev decode dir of 'sslseq decode' (holds emissions/)")
     s = verb(lm, "ppl", cmd_lm_ppl, "perplexity of an LM dir on a data dir's text (OOVs left out, counted)")
     s.add_argument("lm_dir")
     s.add_argument("text", help="a data dir or a Kaldi text file")
@@ -339,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nj", type=int, default=1, help="blocks of utterances (each decoded by one --rank job)")
     s.add_argument("--rank", type=int, default=None,
                    help="decode only this block into OUT_DIR/parts; without it: decode missing blocks, join, score")
+    s.add_argument("--lm", default=None, metavar="LM_DIR",
+                   help="also decode with this word n-gram LM (sslseq lm build) into OUT_DIR/lm/, from the cached emissions")
+    s.add_argument("--lm-params", default=None, metavar="FILE", help="tuned LM parameters (params.yaml of sslseq lm tune)")
+    s.add_argument("--lm-weight", type=float, default=None, help="LM weight (on log10 probabilities; default 1.0 or --lm-params)")
+    s.add_argument("--word-score", type=float, default=None, help="score added per word (default 0.0 or --lm-params)")
+    s.add_argument("--beam-size", type=int, default=None, help="LM search beam (default 50 or --lm-params)")
     s.add_argument("exp_dir")
     s.add_argument("data_dir")
     s.add_argument("out_dir")

@@ -59,6 +59,14 @@ class LmParams:
             raise SslseqError(f"{path}: unknown LM parameter(s) {unknown}; known: {sorted(names)}")
         return cls(**params)
 
+    @classmethod
+    def resolve(cls, params_file: Path | None = None, **overrides: Any) -> "LmParams":
+        """The parameters of ``params_file`` (or the defaults), with the ``overrides`` that are not None."""
+        base = cls.from_yaml(params_file) if params_file is not None else cls()
+        params = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+        params.check()
+        return params
+
     def check(self) -> None:
         if self.beam_size < 1:
             raise SslseqError(f"--beam-size must be >= 1, got {self.beam_size}")
@@ -70,10 +78,9 @@ class LexiconSearch:
     """The LM, word dictionary and lexicon trie of an LM dir, built once for many searches."""
 
     def __init__(self, lm_dir: Path, tokenizer: CharTokenizer, units_path: Path | str = "units.txt"):
-        from flashlight.lib.text.decoder import KenLM, SmearingMode, Trie
-        from flashlight.lib.text.dictionary import Dictionary
+        from flashlight.lib.text.decoder import SmearingMode, Trie
 
-        from sslseq.lm.ngram import check_lexicon_units, load_lm_dir
+        from sslseq.lm.ngram import check_lexicon_units, load_kenlm, load_lm_dir
 
         self.lm_dir = load_lm_dir(lm_dir)
         check_lexicon_units(self.lm_dir, tokenizer, Path(units_path))
@@ -82,12 +89,8 @@ class LexiconSearch:
         ids = {u: i for i, u in enumerate(tokenizer.units)}
         self.blank = ids[BLANK]
         self.sep = ids[WORD_SEP]
-        self.words = Dictionary()
-        for w in self.lm_dir.lexicon:
-            self.words.add_entry(w)
-        self.words.add_entry(UNK)
+        self.lm, self.words = load_kenlm(self.lm_dir.arpa, list(self.lm_dir.lexicon))
         self.unk = self.words.get_index(UNK)
-        self.lm = KenLM(str(self.lm_dir.arpa), self.words)
         self.trie = Trie(self.num_units, self.sep)
         start = self.lm.start(False)
         for w, spelling in self.lm_dir.lexicon.items():

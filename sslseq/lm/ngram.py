@@ -12,7 +12,11 @@ Every file is written atomically. ``load_lm_dir`` checks the dir against ``lm.ya
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,20 +83,61 @@ def read_text_lines(path: Path, tokenizer: CharTokenizer) -> list[str]:
     return lines
 
 
+@contextlib.contextmanager
+def _quiet_progress():
+    """kaldingram's tqdm bars and KenLM's loading banner (C++, on fd 2) only on a terminal."""
+    if sys.stderr.isatty() and os.environ.get("SSLSEQ_NO_PROGRESS") != "1":
+        yield
+        return
+    import kaldingram.train
+    from tqdm import tqdm
+
+    kaldingram.train.tqdm = functools.partial(tqdm, disable=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        kaldingram.train.tqdm = tqdm
+
+
 def _train_arpa(lines: list[str], order: int, out: Path) -> list[int]:
     """kaldingram's Kneser-Ney back-off model of ``lines`` into ``out``; the n-gram count per order."""
     from kaldingram.train import NgramCounts
 
-    counts = NgramCounts(order)
-    for line in lines:
-        counts.add_raw_counts_from_line(line)
-    counts.cal_discounting_constants()
-    counts.cal_f()
-    counts.cal_bow()
-    with atomic_path(out) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            counts.print_as_arpa(fout=f)
+    with _quiet_progress():
+        counts = NgramCounts(order)
+        for line in lines:
+            counts.add_raw_counts_from_line(line)
+        counts.cal_discounting_constants()
+        counts.cal_f()
+        counts.cal_bow()
+        with atomic_path(out) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                counts.print_as_arpa(fout=f)
     return [sum(len(h.word_to_f) for h in counts.counts[n].values()) for n in range(order)]
+
+
+def load_kenlm(arpa: Path, words: list[str]):
+    """flashlight's KenLM over ``arpa`` and its word dictionary (``words`` then ``<unk>``, which the
+    ARPA lacks: KenLM gives it log10 probability -100, and the lexicon search never emits it)."""
+    from flashlight.lib.text.decoder.kenlm import KenLM
+    from flashlight.lib.text.dictionary import Dictionary
+
+    dictionary = Dictionary()
+    for w in words:
+        dictionary.add_entry(w)
+    dictionary.add_entry("<unk>")
+    try:
+        with _quiet_progress():
+            lm = KenLM(str(arpa), dictionary)
+    except Exception as e:  # KenLM's format errors come as RuntimeError/ValueError with its message
+        raise SslseqError(f"{arpa}: KenLM cannot read it ({e}); rebuild the LM dir with 'sslseq lm build'") from None
+    return lm, dictionary
 
 
 def arpa_vocab(arpa: Path) -> list[str]:
@@ -142,15 +187,8 @@ class _ArpaScorer:
     """log10 probabilities of word sequences from an ARPA through KenLM (flashlight-text)."""
 
     def __init__(self, arpa: Path, words: list[str]):
-        from flashlight.lib.text.decoder import KenLM
-        from flashlight.lib.text.dictionary import Dictionary
-
-        self.dict = Dictionary()
-        for w in words:
-            self.dict.add_entry(w)
-        self.dict.add_entry("<unk>")
+        self.lm, self.dict = load_kenlm(arpa, words)
         self.vocab = set(words)
-        self.lm = KenLM(str(arpa), self.dict)
 
     def sentence(self, words: list[str]) -> tuple[float, int, int]:
         """(log10 prob of the in-vocabulary words and </s>, scored tokens, OOV words).
