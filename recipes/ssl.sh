@@ -39,9 +39,10 @@ pretrain_steps=        # override optim.max_steps of the pretraining config
 ctc_steps=             # override optim.max_steps of the CTC config
 lm=true                # word n-gram LM decoding: LM built in stage 1 (data/lm, dev/test sentences excluded), weights tuned on --dev-set, then every test set decoded with them in stage 7
 lm_order=3             # n-gram order of the LM
-lm_weights=            # LM weights tried on --dev-set; default "0.5 1 1.5 2" (tiny: "1 2")
-word_scores=           # word scores tried on --dev-set; default "-1 0 1 2" (tiny: "0")
-lm_beam=               # beam of the LM search; default 50 (tiny: 16)
+lm_weights=            # LM weights tried on --dev-set; default "0.75 1 1.5 2" (tiny: "1 2")
+word_scores=           # word scores tried on --dev-set; default "-2 -1 0 1" (tiny: "0")
+lm_beam=               # beam of the LM search while tuning; default 50 (tiny: 16)
+lm_decode_beam=        # beam of the LM decoding of every set with the tuned weights; default 500 (tiny: 16)
 
 help_message="Usage: egs/<corpus>/run.sh [options]
   Stages: 0 corpus + data dirs, 1 validate + labeled subset, 2 features, 3 k-means targets,
@@ -61,8 +62,8 @@ if [ "$tiny" = true ]; then
   tiny_overrides=(data.max_batch_seconds=20 save_interval=10 valid_interval=30 max_valid_batches=2)
 fi
 k=${k:-100}
-if [ "$tiny" = true ]; then lm_weights=${lm_weights:-1 2}; word_scores=${word_scores:-0}; lm_beam=${lm_beam:-16}; fi
-lm_weights=${lm_weights:-0.5 1 1.5 2}; word_scores=${word_scores:-"-1 0 1 2"}; lm_beam=${lm_beam:-50}
+if [ "$tiny" = true ]; then lm_weights=${lm_weights:-1 2}; word_scores=${word_scores:-0}; lm_beam=${lm_beam:-16}; lm_decode_beam=${lm_decode_beam:-16}; fi
+lm_weights=${lm_weights:-0.75 1 1.5 2}; word_scores=${word_scores:-"-2 -1 0 1"}; lm_beam=${lm_beam:-50}; lm_decode_beam=${lm_decode_beam:-500}
 case "$lm" in true|false) ;; *) die "--lm $lm: use true or false" ;; esac
 [[ "$lm_order" =~ ^[1-5]$ ]] || die "--lm-order $lm_order: an order 1..5 is needed"
 if [ "$lm" = true ] && [ ! -x "$corpus_dir/local/lm_text.sh" ]; then
@@ -189,8 +190,8 @@ pretrain() {
 all_sets=$(echo "$train_set $dev_set $test_sets" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | tr '\n' ' ')
 # The sets whose sentences must stay out of the LM text, and what stage 7 decodes greedily
 # (the dev set too when the LM is tuned on it).
-eval_sets=$(echo "$dev_set $test_sets" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | tr '\n' ' ')
-decode_sets=$test_sets; [ "$lm" = false ] || decode_sets=$(echo "$test_sets $dev_set" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | tr '\n' ' ')
+eval_sets=$(echo "$dev_set $test_sets" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | paste -sd ' ')
+decode_sets=$test_sets; [ "$lm" = false ] || decode_sets=$(echo "$test_sets $dev_set" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | paste -sd ' ')
 
 run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 timed() { local t0=$SECONDS; "$@"; log "stage took $((SECONDS - t0)) s"; }
@@ -318,11 +319,12 @@ if run_stage 7; then
       fi
       for set in $decode_sets; do
         out=$exp/decode_$set/lm
-        opts="decode=$(marker_id "$exp/decode_$set") params=$(marker_id "$tune_dir")"
+        opts="decode=$(marker_id "$exp/decode_$set") params=$(marker_id "$tune_dir") beam=$lm_decode_beam"
         if stage_todo "$out" "$opts"; then
-          # the same --nj as the greedy decode, so its cached emissions are read (the network is not run)
+          # the same --nj as the greedy decode, so its cached emissions are read (the network is not run);
+          # the tuned weights with a wider beam than tuning's
           sslseq decode --device "${device/auto/cpu}" --nj "$nj" --lm data/lm --lm-params "$tune_dir/params.yaml" \
-            "$exp" "data/$set" "$exp/decode_$set"
+            --beam-size "$lm_decode_beam" "$exp" "data/$set" "$exp/decode_$set"
           mark_done "$out" "$opts"
         fi
       done

@@ -165,7 +165,7 @@ def decode_data_dir(
     for r in ranks:
         shard_bounds(len(data.utts), nj, r)  # validates the rank
     search = None
-    if lm_dir is not None and rank is None:
+    if lm_dir is not None and not (rank is not None and nj > 1):  # the call that joins (and scores) searches with the LM
         from sslseq.asr.lm_decode import LexiconSearch, LmParams
 
         lm_params = lm_params or LmParams()
