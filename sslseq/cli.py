@@ -301,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a test data dir the tuning set must not overlap (default: the test* dirs beside it)")
     s.add_argument("--force", action="store_true", help="tune even on a set named test* or overlapping one")
     s.add_argument("--out-dir", default=None, help="default: DECODE_DIR/lm_tune")
-    s.add_argument("decode_dir", help="the dev decode dir of 'sslseq decode' (holds emissions/)")
+    s.add_argument("decode_dir", help="the dev decode dir of 'sslseq decode' (holds emissions/), or an experiment "
+                   "dir (then EXP/decode_dev)")
     s = verb(lm, "ppl", cmd_lm_ppl, "perplexity of an LM dir on a data dir's text (OOVs left out, counted)")
     s.add_argument("lm_dir")
     s.add_argument("text", help="a data dir or a Kaldi text file")

@@ -430,6 +430,8 @@ def test_tune_refuses_test_sets_unless_forced(tmp_path, ctc_exp):
         tune_lm(tmp_path / "decode_dev", lm, lm_weights=[1.0], word_scores=[0.0])
     with pytest.raises(SslseqError, match="no emissions cache|decode.yaml: not found"):
         tune_lm(tmp_path / "nowhere", lm)
+    with pytest.raises(SslseqError, match="experiment dir without decode_dev/"):
+        tune_lm(exp, lm)  # an experiment dir means its decode_dev
 
 
 def test_decode_lm_options_need_lm(tmp_path):

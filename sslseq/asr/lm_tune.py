@@ -98,7 +98,11 @@ def tune_lm(
 
     decode_dir = Path(decode_dir)
     if (decode_dir / "units.txt").is_file() and not (decode_dir / "decode.yaml").is_file():
-        raise SslseqError(f"{decode_dir} is an experiment dir; pass its dev decode dir ({decode_dir}/decode_dev)")
+        # an experiment dir: its dev decode dir, as the recipe names it
+        if not (decode_dir / "decode_dev" / "decode.yaml").is_file():
+            raise SslseqError(f"{decode_dir} is an experiment dir without decode_dev/; decode the dev set first "
+                              f"(sslseq decode {decode_dir} data/dev {decode_dir}/decode_dev) or pass its decode dir")
+        decode_dir = decode_dir / "decode_dev"
     dec_yaml = decode_dir / "decode.yaml"
     if not dec_yaml.is_file():
         raise SslseqError(f"{dec_yaml}: not found; decode the dev set first (sslseq decode EXP data/dev {decode_dir})")
