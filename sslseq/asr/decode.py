@@ -6,6 +6,7 @@ import hashlib
 import platform
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,6 +15,9 @@ import yaml
 from sslseq.asr.ctc_decode import beam_decode_batch, greedy_decode
 from sslseq.asr.score import ScoreResult, score_files
 from sslseq.utils import SslseqError, atomic_write_text, get_logger, progress
+
+if TYPE_CHECKING:
+    from sslseq.asr.lm_decode import LmParams
 
 log = get_logger(__name__)
 
@@ -125,7 +129,7 @@ def decode_data_dir(
     nj: int = 1,
     rank: int | None = None,
     lm_dir: Path | None = None,
-    lm_params=None,
+    lm_params: "LmParams | None" = None,
 ) -> ScoreResult | None:
     """Decode every utterance of ``data_dir`` with the CTC model of ``exp_dir``.
 
