@@ -6,7 +6,6 @@ import builtins
 import io
 import math
 import os
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
