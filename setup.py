@@ -21,6 +21,10 @@ setup(
         "tensorboard>=2.12",
         "accelerate>=0.30",
         "matplotlib>=3.7",  # RESULTS.png learning curves (Agg backend, no display)
+        # word n-gram LM decoding: Kneser-Ney ARPA training (pure Python) and flashlight's lexicon
+        # beam search + KenLM (binary wheels, no torch dependency)
+        "kaldingram>=0.1.2,<0.2",
+        "flashlight-text>=0.0.7,<0.1",
     ],
     extras_require={
         "test": ["pytest>=7", "kaldi-native-fbank>=1.18", "scikit-learn>=1.3", "faiss-cpu>=1.7", "transformers>=4.40",

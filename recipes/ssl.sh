@@ -38,11 +38,19 @@ pretrain_config=       # pretraining YAML; default recipes/conf/pretrain_${model
 ctc_config=            # default: recipes/conf/ctc_${model}_cpu.yaml if there is one, else ctc_cpu.yaml
 pretrain_steps=        # override optim.max_steps of the pretraining config
 ctc_steps=             # override optim.max_steps of the CTC config
+lm=true                # word n-gram LM decoding: LM built in stage 1 (data/lm, dev/test sentences excluded), weights tuned on --dev-set, then every test set decoded with them in stage 7
+lm_order=3             # n-gram order of the LM
+lm_weights=            # LM weights tried on --dev-set; default "0.75 1 1.5 2" (tiny: "1 2")
+word_scores=           # word scores tried on --dev-set; default "-2 -1 0 1" (tiny: "0")
+lm_beam=               # beam of the LM search while tuning; default 50 (tiny: 16)
+lm_decode_beam=        # beam of the LM decoding of every set with the tuned weights; default 500 (tiny: 16)
 
 help_message="Usage: egs/<corpus>/run.sh [options]
   Stages: 0 corpus + data dirs, 1 validate + labeled subset, 2 features, 3 k-means targets,
           4 pretraining, 5 HuBERT iteration 2+ (--iterations), 6 CTC fine-tuning (pretrained
-          and from scratch), 7 decoding + WER (RESULTS.md).
+          and from scratch), 7 decoding + WER (RESULTS.md). With --lm true (default) stage 1 also
+          builds a word n-gram LM (data/lm) and stage 7 tunes its weight on --dev-set and decodes
+          every test set with it too (greedy and LM columns in RESULTS.md).
   e.g. run.sh --stage 0 --stop-stage 3; run.sh --stage 4 --model hubert; run.sh --stage 6 --subsets 1h
        run.sh --stage 5 --iterations 2   # HuBERT iteration 2 on layer features of iteration 1"
 . "$root_dir/tools/parse_options.sh"
@@ -67,6 +75,10 @@ opt_one_of feat_type mfcc fbank
 opt_int iterations 1
 opt_int --optional pretrain_steps 1
 opt_int --optional ctc_steps 1
+opt_bool lm
+opt_int lm_order 1
+opt_int --optional lm_beam 1
+opt_int --optional lm_decode_beam 1
 for sub in $subsets; do
   [[ "$sub" =~ ^([0-9]+\.?[0-9]*)(h|min|s)?$ ]] || die "--subsets: '$sub' is not a duration (e.g. 10min, 1h, 600s)"
 done
@@ -79,6 +91,13 @@ if [ "$tiny" = true ]; then
   tiny_overrides=(data.max_batch_seconds=20 save_interval=10 valid_interval=30 max_valid_batches=2)
 fi
 k=${k:-100}
+if [ "$tiny" = true ]; then lm_weights=${lm_weights:-1 2}; word_scores=${word_scores:-0}; lm_beam=${lm_beam:-16}; lm_decode_beam=${lm_decode_beam:-16}; fi
+lm_weights=${lm_weights:-0.75 1 1.5 2}; word_scores=${word_scores:-"-2 -1 0 1"}; lm_beam=${lm_beam:-50}; lm_decode_beam=${lm_decode_beam:-500}
+case "$lm" in true|false) ;; *) die "--lm $lm: use true or false" ;; esac
+[[ "$lm_order" =~ ^[1-5]$ ]] || die "--lm-order $lm_order: an order 1..5 is needed"
+if [ "$lm" = true ] && [ ! -x "$corpus_dir/local/lm_text.sh" ]; then
+  die "--lm true needs $corpus_dir/local/lm_text.sh (writes the corpus's LM text without dev/test sentences); or use --lm false"
+fi
 [ -n "$subsets" ] || die "--subsets: at least one labeled subset is needed (e.g. --subsets \"10min 1h\")"
 pretrain_config=${pretrain_config:-$root_dir/recipes/conf/pretrain_${model}_cpu.yaml}
 # ctc_cpu.yaml's encoder section (init=none) is model_hubert_cpu's; other layouts bring their own.
@@ -195,6 +214,10 @@ pretrain() {
   fi
 }
 all_sets=$(echo "$train_set $dev_set $test_sets" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | tr '\n' ' ')
+# The sets whose sentences must stay out of the LM text, and what stage 7 decodes greedily
+# (the dev set too when the LM is tuned on it).
+eval_sets=$(echo "$dev_set $test_sets" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | paste -sd ' ')
+decode_sets=$test_sets; [ "$lm" = false ] || decode_sets=$(echo "$test_sets $dev_set" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | paste -sd ' ')
 
 run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 timed() { local t0=$SECONDS; "$@"; log "stage took $((SECONDS - t0)) s"; }
@@ -222,6 +245,16 @@ if run_stage 1; then
       mark_done "data/${train_set}_$sub" "$opts"
     fi
   done
+  if [ "$lm" = true ]; then
+    opts="order=$lm_order tiny=$tiny data=$(marker_id data) eval=$eval_sets"
+    if stage_todo data/lm "$opts"; then
+      log "stage 1: LM text without the sentences of $eval_sets, $lm_order-gram LM → data/lm"
+      timed "$corpus_dir/local/lm_text.sh" --tiny "$tiny" data/lm/text $(for set in $eval_sets; do echo "data/$set"; done)
+      sslseq lm check-overlap data/lm/text $(for set in $eval_sets; do echo "data/$set"; done)
+      timed sslseq lm build --order "$lm_order" --dev "data/$dev_set" data/lm/text data/lm
+      mark_done data/lm "$opts"
+    fi
+  fi
 fi
 
 # ---------------------------------------------------------------- 2: features
@@ -287,11 +320,12 @@ if run_stage 7; then
   decode_dirs=()
   exps=(); for sub in $subsets; do exps+=("$(ctc_dir "$sub" "$final_pretrain_dir")" "$(ctc_dir "$sub" none)"); done
   for exp in "${exps[@]}"; do
-    for set in $test_sets; do
+    for set in $decode_sets; do
       out=$exp/decode_$set
       opts="model=$(marker_id "$exp") data=$(marker_id data)"
       if stage_todo "$out" "$opts"; then
-        # --nj blocks of utterances, then one call that joins them and scores.
+        # --nj blocks of utterances, then one call that joins them and scores; the network's
+        # log-probs stay in $out/emissions/ for the LM steps below.
         "$root_dir/tools/run_jobs.sh" --cmd "$cmd" --max-parallel "$nj" "JOB=0:$((nj - 1))" "$out/log/decode.JOB.log" \
           sslseq decode --device "${device/auto/cpu}" --nj "$nj" --rank JOB "$exp" "data/$set" "$out"
         sslseq decode --device "${device/auto/cpu}" --nj "$nj" "$exp" "data/$set" "$out"
@@ -299,6 +333,29 @@ if run_stage 7; then
       fi
       decode_dirs+=("$out")
     done
+    if [ "$lm" = true ]; then
+      # LM weight and word score on the dev set only (lm tune refuses test sets), from the cached emissions.
+      tune_dir=$exp/decode_$dev_set/lm_tune
+      opts="decode=$(marker_id "$exp/decode_$dev_set") lm=$(marker_id data/lm) weights=$lm_weights scores=$word_scores beam=$lm_beam"
+      if stage_todo "$tune_dir" "$opts"; then
+        log "stage 7: tune the LM weight and word score of $exp on $dev_set"
+        held_out=(); for set in $test_sets; do [ "$set" = "$dev_set" ] || held_out+=(--held-out "data/$set"); done
+        timed sslseq lm tune --lm data/lm --nj "$nj" --lm-weights $lm_weights --word-scores $word_scores \
+          --beam-size "$lm_beam" "${held_out[@]}" --out-dir "$tune_dir" "$exp/decode_$dev_set"
+        mark_done "$tune_dir" "$opts"
+      fi
+      for set in $decode_sets; do
+        out=$exp/decode_$set/lm
+        opts="decode=$(marker_id "$exp/decode_$set") params=$(marker_id "$tune_dir") beam=$lm_decode_beam"
+        if stage_todo "$out" "$opts"; then
+          # the same --nj as the greedy decode, so its cached emissions are read (the network is not run);
+          # the tuned weights with a wider beam than tuning's
+          sslseq decode --device "${device/auto/cpu}" --nj "$nj" --lm data/lm --lm-params "$tune_dir/params.yaml" \
+            --beam-size "$lm_decode_beam" "$exp" "data/$set" "$exp/decode_$set"
+          mark_done "$out" "$opts"
+        fi
+      done
+    fi
   done
   sslseq results --out exp/RESULTS.md "${decode_dirs[@]}"
   log "results: $(pwd)/exp/RESULTS.md"

@@ -43,6 +43,35 @@ def cmd_corpus_prepare(a: argparse.Namespace) -> None:
     prepare_data_dirs(Path(a.corpus_dir), Path(a.data_dir))
 
 
+def cmd_corpus_lm_text(a: argparse.Namespace) -> None:
+    from sslseq.data.synth import lm_sentences
+    from sslseq.lm.corpus import write_lm_text
+
+    write_lm_text(lm_sentences(a.books), Path(a.out), [Path(d) for d in a.exclude])
+
+
+def cmd_lm_check_overlap(a: argparse.Namespace) -> None:
+    from sslseq.lm.corpus import check_overlap
+
+    n = check_overlap(Path(a.lm_text), [Path(d) for d in a.data_dirs])
+    print(f"{a.lm_text}: OK ({n} lines, none holds a sentence of {' '.join(a.data_dirs)})")
+
+
+def cmd_lm_build(a: argparse.Namespace) -> None:
+    from sslseq.lm.ngram import build_lm
+
+    build_lm(Path(a.text), Path(a.out_dir), order=a.order, dev_text=Path(a.dev) if a.dev else None,
+             units=Path(a.units) if a.units else None)
+
+
+def cmd_lm_ppl(a: argparse.Namespace) -> None:
+    from sslseq.lm.ngram import perplexity
+
+    r = perplexity(Path(a.lm_dir), Path(a.text))
+    print(f"{r['text']}: {r['sentences']} sentences, {r['words']} words, {r['oov']} OOVs ({r['oov_rate']}%), "
+          f"logprob10 {r['logprob10']}, ppl {r['ppl']}")
+
+
 def cmd_data_validate(a: argparse.Namespace) -> None:
     from sslseq.data.kaldi import BAD_UTTS, check_data_dir, drop_utterances
 
@@ -123,6 +152,14 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_decode(a: argparse.Namespace) -> None:
     from sslseq.asr.decode import decode_data_dir
 
+    lm_params = None
+    lm_flags = {"lm_weight": a.lm_weight, "word_score": a.word_score, "beam_size": a.beam_size}
+    if a.lm:
+        from sslseq.asr.lm_decode import LmParams
+
+        lm_params = LmParams.resolve(Path(a.lm_params) if a.lm_params else None, **lm_flags)
+    elif a.lm_params or any(v is not None for v in lm_flags.values()):
+        raise SslseqError("--lm-params, --lm-weight, --word-score and --beam-size set the LM search: give --lm LM_DIR too")
     decode_data_dir(
         Path(a.exp_dir),
         Path(a.data_dir),
@@ -133,6 +170,18 @@ def cmd_decode(a: argparse.Namespace) -> None:
         allow_pipes=a.allow_pipes,
         nj=a.nj,
         rank=a.rank,
+        lm_dir=Path(a.lm) if a.lm else None,
+        lm_params=lm_params,
+    )
+
+
+def cmd_lm_tune(a: argparse.Namespace) -> None:
+    from sslseq.asr.lm_tune import tune_lm
+
+    tune_lm(
+        Path(a.decode_dir), Path(a.lm), out_dir=Path(a.out_dir) if a.out_dir else None, lm_weights=a.lm_weights,
+        word_scores=a.word_scores, beam_size=a.beam_size, nj=a.nj,
+        held_out=[Path(p) for p in a.held_out] if a.held_out else None, force=a.force,
     )
 
 
@@ -231,6 +280,46 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("corpus_dir")
     s.add_argument("data_dir")
 
+    s = verb(corpus, "lm-text", cmd_corpus_lm_text, "normalised LM text of the embedded corpus's source (the KJV), "
+             "without any line that is or contains a sentence of the --exclude data dirs")
+    s.add_argument("--exclude", action="append", required=True, metavar="DATA_DIR",
+                   help="a data dir whose sentences stay out (repeat it: --exclude data/dev --exclude data/test)")
+    s.add_argument("--books", action="append", default=None, metavar="BOOK",
+                   help="a KJV book to read, e.g. Genesis (repeatable; default: the whole Bible)")
+    s.add_argument("out", help="text file to write (and OUT.yaml with the counts)")
+
+    # lm
+    lm = verbs.add_parser("lm", help="word n-gram LMs for CTC decoding: build, check, perplexity, tune").add_subparsers(
+        dest="sub", metavar="SUB", required=True
+    )
+    s = verb(lm, "build", cmd_lm_build, "train a Kneser-Ney ARPA (kaldingram) and its lexicon into an LM dir")
+    s.add_argument("--order", type=int, default=3, help="n-gram order (3: see README, LM decoding)")
+    s.add_argument("--dev", default=None, help="a data dir (or Kaldi text file) to record the perplexity of")
+    s.add_argument("--units", default=None, help="the CTC model's units.txt (default: A-Z, apostrophe, |)")
+    s.add_argument("text")
+    s.add_argument("out_dir")
+    s = verb(lm, "check-overlap", cmd_lm_check_overlap, "fail if a line of the LM text is or contains a sentence of the data dirs")
+    s.add_argument("lm_text")
+    s.add_argument("data_dirs", nargs="+")
+    from sslseq.asr.lm_tune import DEFAULT_BEAM, DEFAULT_LM_WEIGHTS, DEFAULT_WORD_SCORES
+
+    s = verb(lm, "tune", cmd_lm_tune, "grid-search the LM weight and word score on a DEV decode dir's cached emissions "
+             "(writes DECODE_DIR/lm_tune/params.yaml and grid.tsv); refuses test sets")
+    s.add_argument("--lm", required=True, metavar="LM_DIR")
+    s.add_argument("--lm-weights", type=float, nargs="+", default=list(DEFAULT_LM_WEIGHTS), help="grid of LM weights")
+    s.add_argument("--word-scores", type=float, nargs="+", default=list(DEFAULT_WORD_SCORES), help="grid of word scores")
+    s.add_argument("--beam-size", type=int, default=DEFAULT_BEAM, help="beam of every grid point")
+    s.add_argument("--nj", type=int, default=1, help="grid points searched in parallel (forked processes)")
+    s.add_argument("--held-out", action="append", default=None, metavar="DATA_DIR",
+                   help="a test data dir the tuning set must not overlap (default: the test* dirs beside it)")
+    s.add_argument("--force", action="store_true", help="tune even on a set named test* or overlapping one")
+    s.add_argument("--out-dir", default=None, help="default: DECODE_DIR/lm_tune")
+    s.add_argument("decode_dir", help="the dev decode dir of 'sslseq decode' (holds emissions/), or an experiment "
+                   "dir (then EXP/decode_dev)")
+    s = verb(lm, "ppl", cmd_lm_ppl, "perplexity of an LM dir on a data dir's text (OOVs left out, counted)")
+    s.add_argument("lm_dir")
+    s.add_argument("text", help="a data dir or a Kaldi text file")
+
     # data
     data = verbs.add_parser("data", help="Kaldi data dirs: validate, subset").add_subparsers(
         dest="sub", metavar="SUB", required=True
@@ -303,6 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nj", type=int, default=1, help="blocks of utterances (each decoded by one --rank job)")
     s.add_argument("--rank", type=int, default=None,
                    help="decode only this block into OUT_DIR/parts; without it: decode missing blocks, join, score")
+    s.add_argument("--lm", default=None, metavar="LM_DIR",
+                   help="also decode with this word n-gram LM (sslseq lm build) into OUT_DIR/lm/, from the cached emissions")
+    s.add_argument("--lm-params", default=None, metavar="FILE", help="tuned LM parameters (params.yaml of sslseq lm tune)")
+    s.add_argument("--lm-weight", type=float, default=None, help="LM weight (on log10 probabilities; default 1.0 or --lm-params)")
+    s.add_argument("--word-score", type=float, default=None, help="score added per word (default 0.0 or --lm-params)")
+    s.add_argument("--beam-size", type=int, default=None, help="LM search beam (default 50 or --lm-params)")
     s.add_argument("exp_dir")
     s.add_argument("data_dir")
     s.add_argument("out_dir")

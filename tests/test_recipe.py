@@ -69,6 +69,19 @@ def test_tiny_recipe_end_to_end(tiny_run: Path):
         assert [h.split()[0] for h in hyp] == [r.split()[0] for r in ref_utts]
         assert (d / "wer").read_text().startswith("%WER")
         assert d.name.removeprefix("decode_") in results
+        # --lm true (default): LM results beside the greedy ones, from the cached emissions
+        assert (d / "lm" / "wer").read_text().startswith("%WER")
+        assert [h.split()[0] for h in (d / "lm" / "hyp.txt").read_text().splitlines()] == [h.split()[0] for h in hyp]
+        assert (d / "emissions" / "feats.yaml").is_file()
+    assert "| LM WER % | LM CER % |" in results
+    # tuned on dev only, once per experiment; the LM text holds no dev/test sentence
+    tuned = sorted(tiny_run.glob("exp/ctc_*/decode_*/lm_tune/params.yaml"))
+    assert [p.parent.parent.name for p in tuned] == ["decode_dev", "decode_dev"]
+    assert all(yaml.safe_load(p.read_text())["tuned_on"] == "data/dev" for p in tuned)
+    assert yaml.safe_load((tiny_run / "data/lm/lm.yaml").read_text())["order"] == 3
+    from sslseq.lm.corpus import check_overlap
+
+    check_overlap(tiny_run / "data/lm/text", [tiny_run / "data/dev", tiny_run / "data/test"])
 
 
 def test_rerun_skips_finished_stages(tiny_run: Path):

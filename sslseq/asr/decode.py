@@ -6,6 +6,7 @@ import hashlib
 import platform
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,6 +15,9 @@ import yaml
 from sslseq.asr.ctc_decode import beam_decode_batch, greedy_decode
 from sslseq.asr.score import ScoreResult, score_files
 from sslseq.utils import SslseqError, atomic_write_text, get_logger, progress
+
+if TYPE_CHECKING:
+    from sslseq.asr.lm_decode import LmParams
 
 log = get_logger(__name__)
 
@@ -70,13 +74,23 @@ def _normalized_refs(data_dir: Path, text: dict[str, str], out_dir: Path) -> Pat
     return ref
 
 
-def _decode_utts(model, tokenizer, data, utts: list[str], *, exp_dir: Path, units: Path, data_dir: Path,
-                 dev: torch.device, batch_seconds: float, beam: int, allow_pipes: bool, desc: str):
-    """Hypotheses of ``utts``, the audio seconds read and the seconds spent in model + search."""
+def _search(log_probs: np.ndarray, beam: int, blank: int) -> list[int]:
+    """Greedy (beam 1) or prefix beam search over one utterance's (T, V) log-probs."""
+    lp = torch.from_numpy(np.ascontiguousarray(log_probs))[None]
+    lens = torch.tensor([lp.shape[1]])
+    if beam == 1:
+        return greedy_decode(lp, lens, blank=blank)[0]
+    return beam_decode_batch(lp, lens, beam=beam, blank=blank)[0]
+
+
+def _network_emissions(get_model, tokenizer, data, utts: list[str], *, exp_dir: Path, units: Path, data_dir: Path,
+                       dev: torch.device, batch_seconds: float, allow_pipes: bool, desc: str):
+    """CTC log-probs (float32, valid frames only) of ``utts``, the audio seconds read and the network seconds."""
     from sslseq.audio import read_audio
 
-    hyps: dict[str, str] = {}
-    audio_seconds = compute_seconds = 0.0  # model + search only, so the RTF does not depend on disk speed
+    model = get_model()
+    emissions: dict[str, np.ndarray] = {}
+    audio_seconds = network_seconds = 0.0  # the model only, so the RTF does not depend on disk speed
     with torch.inference_mode():
         for batch in progress(make_batches(utts, data.utt2dur, batch_seconds), desc=desc, unit="batch"):
             waves = [
@@ -91,26 +105,16 @@ def _decode_utts(model, tokenizer, data, utts: list[str], *, exp_dir: Path, unit
                     f"{exp_dir}: the model outputs {log_probs.shape[-1]} units but {units} lists {len(tokenizer)}; "
                     "the units file does not belong to this model"
                 )
-            if beam == 1:
-                ids = greedy_decode(log_probs, out_lens, blank=tokenizer.blank_id)
-            else:
-                ids = beam_decode_batch(log_probs.float(), out_lens, beam=beam, blank=tokenizer.blank_id)
-            compute_seconds += time.perf_counter() - t0
-            for u, seq in zip(batch, ids):
-                hyps[u] = tokenizer.decode(seq)
-    return hyps, audio_seconds, compute_seconds
+            lp = log_probs.float().cpu().numpy()
+            network_seconds += time.perf_counter() - t0
+            for i, (u, n) in enumerate(zip(batch, out_lens.tolist())):
+                emissions[u] = lp[i, : int(n)].copy()
+    return emissions, audio_seconds, network_seconds
 
 
-def _part_id(exp_dir: Path, data_dir: Path, beam: int) -> str:
-    """What a decoded part depends on: the model file, the utterance list and the search."""
-    h = hashlib.sha256(f"beam={beam}\n".encode())
-    for path in (exp_dir / "model.safetensors", exp_dir / "units.txt", exp_dir / "config.yaml"):
-        if not path.is_file():
-            continue
-        st = path.stat()
-        h.update(f"{path.name} {st.st_size} {st.st_mtime_ns}\n".encode())
-    h.update((data_dir / "wav.scp").read_bytes())
-    return h.hexdigest()[:20]
+def _part_id(fingerprint: str, beam: int) -> str:
+    """What a decoded part depends on: the model and data (``emissions.model_data_id``) and the search."""
+    return hashlib.sha256(f"beam={beam}\n{fingerprint}\n".encode()).hexdigest()[:20]
 
 
 def decode_data_dir(
@@ -124,17 +128,26 @@ def decode_data_dir(
     allow_pipes: bool = False,
     nj: int = 1,
     rank: int | None = None,
+    lm_dir: Path | None = None,
+    lm_params: "LmParams | None" = None,
 ) -> ScoreResult | None:
     """Decode every utterance of ``data_dir`` with the CTC model of ``exp_dir``.
 
     ``beam`` 1 is greedy decoding, larger values CTC prefix beam search. Writes
     ``out_dir/hyp.txt`` and ``out_dir/decode.yaml``; when the data dir has a ``text``
     file also scores (``wer``, ``wer.yaml``, ``errs``) and returns the result.
+    The network's log-probs are cached in ``out_dir/emissions/`` (``sslseq.asr.emissions``):
+    a rerun with the same model and data reads them instead of running the network.
     With ``nj`` > 1 the utterances are split into ``nj`` contiguous blocks: ``rank`` R decodes
-    block R into ``out_dir/parts/R_nj.yaml`` (atomically; a finished part of the same model and
-    data is kept), and the call without ``rank`` decodes the parts still missing, then joins
-    them into ``hyp.txt`` and scores.
+    block R into ``out_dir/parts/R_nj.yaml`` and its emissions (atomically; a finished part of
+    the same model and data is kept), and the call without ``rank`` decodes the parts still
+    missing, then joins them into ``hyp.txt`` and scores.
+    With ``lm_dir`` (an LM dir of ``sslseq lm build``) the call without ``rank`` then also runs
+    the lexicon beam search with the LM (``lm_params``: ``sslseq.asr.lm_decode.LmParams``) over
+    the cached emissions into ``out_dir/lm/`` (same files as the greedy results); the greedy
+    result is returned either way.
     """
+    from sslseq.asr import emissions as em
     from sslseq.data.kaldi import load_data_dir
     from sslseq.data.text import CharTokenizer
     from sslseq.features.store import shard_bounds, shard_name
@@ -155,6 +168,13 @@ def decode_data_dir(
     ranks = [rank] if rank is not None else list(range(nj))
     for r in ranks:
         shard_bounds(len(data.utts), nj, r)  # validates the rank
+    search = None
+    if lm_dir is not None and not (rank is not None and nj > 1):  # the call that joins (and scores) searches with the LM
+        from sslseq.asr.lm_decode import LexiconSearch, LmParams
+
+        lm_params = lm_params or LmParams()
+        lm_params.check()
+        search = LexiconSearch(Path(lm_dir), tokenizer, units)  # before any work: a bad LM dir fails now
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -162,33 +182,53 @@ def decode_data_dir(
     except RuntimeError as e:
         raise SslseqError(f"--device {device!r} is not a valid torch device: {e}") from None
 
-    part_id = _part_id(exp_dir, data_dir, beam)
+    fingerprint = em.model_data_id(exp_dir, data_dir)
+    part_id = _part_id(fingerprint, beam)
     parts_dir = out_dir / "parts"
+    cache_dir = out_dir / em.DIR
 
     def part_path(r: int) -> Path:
         return parts_dir / f"{shard_name(r, nj)}.yaml"
 
     def part_done(r: int) -> bool:
         path = part_path(r)
-        return path.is_file() and (yaml.safe_load(path.read_text()) or {}).get("id") == part_id
+        return (path.is_file() and (yaml.safe_load(path.read_text()) or {}).get("id") == part_id
+                and em.block_info(cache_dir, r, nj, fingerprint) is not None)
 
     todo = ranks if nj == 1 else [r for r in ranks if not part_done(r)]
     model = None
-    if todo:
-        model = load_model(exp_dir).to(dev).eval()
-        log.info("decoding %s with %s (%s)%s", data_dir, exp_dir, "greedy" if beam == 1 else f"prefix beam search, beam {beam}",
-                 "" if nj == 1 else f": block(s) {', '.join(map(str, todo))} of {nj}")
+
+    def get_model():
+        nonlocal model
+        if model is None:
+            model = load_model(exp_dir).to(dev).eval()
+        return model
+
+    search_name = "greedy" if beam == 1 else f"prefix beam search, beam {beam}"
     start = time.perf_counter()
     results: dict[int, dict] = {}
     for r in todo:
         lo, hi = shard_bounds(len(data.utts), nj, r)
-        hyps, audio_s, compute_s = _decode_utts(
-            model, tokenizer, data, data.utts[lo:hi], exp_dir=exp_dir, units=units, data_dir=data_dir, dev=dev,
-            batch_seconds=batch_seconds, beam=beam, allow_pipes=allow_pipes,
-            desc="decode" if nj == 1 else f"decode {shard_name(r, nj)}",
-        )
+        block = data.utts[lo:hi]
+        cached = em.block_info(cache_dir, r, nj, fingerprint)
+        if cached is not None:
+            log.info("decoding %s (%s) from the emissions cached in %s%s", data_dir, search_name, cache_dir,
+                     "" if nj == 1 else f": block {r} of {nj}")
+            emissions = em.read_block(cache_dir, r, nj)
+            audio_s, network_s = cached["audio_seconds"], cached["network_seconds"]
+        else:
+            log.info("decoding %s with %s (%s)%s", data_dir, exp_dir, search_name, "" if nj == 1 else f": block {r} of {nj}")
+            emissions, audio_s, network_s = _network_emissions(
+                get_model, tokenizer, data, block, exp_dir=exp_dir, units=units, data_dir=data_dir, dev=dev,
+                batch_seconds=batch_seconds, allow_pipes=allow_pipes, desc="decode" if nj == 1 else f"decode {shard_name(r, nj)}",
+            )
+            em.write_block(cache_dir, r, nj, fingerprint, block, [emissions[u] for u in block],
+                           audio_seconds=audio_s, network_seconds=network_s)
+        t0 = time.perf_counter()
+        hyps = {u: tokenizer.decode(_search(emissions[u], beam, tokenizer.blank_id)) for u in block}
+        compute_s = network_s + time.perf_counter() - t0
         results[r] = {"id": part_id, "audio_seconds": audio_s, "compute_seconds": compute_s,
-                      "hyps": [[u, hyps[u]] for u in data.utts[lo:hi]]}
+                      "hyps": [[u, hyps[u]] for u in block]}
         if nj > 1:
             atomic_write_text(part_path(r), yaml.safe_dump(results[r], sort_keys=False, allow_unicode=True))
     if rank is not None and nj > 1:
@@ -200,6 +240,8 @@ def decode_data_dir(
     hyps = {u: h for r in ranks for u, h in results[r]["hyps"]}
     audio_seconds = sum(results[r]["audio_seconds"] for r in ranks)
     compute_seconds = sum(results[r]["compute_seconds"] for r in ranks)
+    n_frames = sum(int(n) for r in ranks for n in (cache_dir / f"{shard_name(r, nj)}.len").read_text().split())
+    em.finish(cache_dir, nj, fingerprint, len(tokenizer), n_frames / audio_seconds if audio_seconds > 0 else 0.0)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     hyp_path = out_dir / "hyp.txt"
@@ -218,14 +260,48 @@ def decode_data_dir(
         "compute_seconds": round(compute_seconds, 3),
         "rtf": round(compute_seconds / audio_seconds, 6) if audio_seconds > 0 else None,
         "rtf_wall": round(wall / audio_seconds, 6) if audio_seconds > 0 and nj == 1 else None,
+        "emissions": str(cache_dir),
     }
     atomic_write_text(out_dir / "decode.yaml", yaml.safe_dump(info, sort_keys=False))
     log.info("decoded %.1f s of audio (RTF %.4f); hypotheses in %s", audio_seconds, info["rtf"] or 0.0, hyp_path)
 
-    if not data.text:
+    ref = None
+    result = None
+    if data.text:
+        ref = _normalized_refs(data_dir, data.text, out_dir)
+        result = score_files(ref, hyp_path, out_dir)
+        log.info("%s:\n%s", out_dir, result.summary())
+    else:
         log.info("%s has no text file: not scoring", data_dir)
-        return None
-    ref = _normalized_refs(data_dir, data.text, out_dir)
-    result = score_files(ref, hyp_path, out_dir)
-    log.info("%s:\n%s", out_dir, result.summary())
+    if search is not None:
+        _lm_decode(search, lm_params, em.load(out_dir, exp_dir, data_dir), data, ref, out_dir, info)
     return result
+
+
+def _lm_decode(search, params, emissions: dict, data, ref: Path | None, out_dir: Path, greedy_info: dict) -> None:
+    """The lexicon beam search with the LM over the cached emissions, into ``out_dir/lm/``."""
+    from sslseq.asr.lm_decode import LM_SUBDIR, decode_emissions, write_lm_results
+
+    lm_out = out_dir / LM_SUBDIR
+    t0 = time.perf_counter()
+    hyps, search_s = decode_emissions(search, emissions, data.utts, params)
+    audio = greedy_info["audio_seconds"]
+    info = {
+        "exp_dir": greedy_info["exp_dir"],
+        "data_dir": greedy_info["data_dir"],
+        "search": "lexicon beam search (flashlight-text) with a word n-gram LM",
+        "lm_dir": str(search.lm_dir.path),
+        "lm_id": search.lm_dir.id,
+        "lm_order": search.lm_dir.info.get("order"),
+        "params": params.to_dict(),
+        "n_utts": len(data.utts),
+        "audio_seconds": audio,
+        "search_seconds": round(search_s, 3),
+        "search_rtf": round(search_s / audio, 6) if audio else None,
+        "wall_seconds": round(time.perf_counter() - t0, 3),
+        "emissions": greedy_info["emissions"],
+    }
+    result = write_lm_results(lm_out, data.utts, hyps, ref, info)
+    log.info("LM decoding (lm_weight %g, word_score %g, beam %d): %.1f s of search (RTF %.4f); hypotheses in %s%s",
+             params.lm_weight, params.word_score, params.beam_size, search_s, info["search_rtf"] or 0.0,
+             lm_out / "hyp.txt", "" if result is None else f"\n{result.summary()}")

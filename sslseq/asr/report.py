@@ -27,6 +27,8 @@ class _Row:
     train_data: str | None
     wer: dict[str, Any]
     decode: dict[str, Any]
+    lm_wer: dict[str, Any] | None = None  # decode_dir/lm/ (sslseq decode --lm), when there
+    lm_decode: dict[str, Any] | None = None
 
 
 def _read_yaml(path: Path, hint: str) -> dict[str, Any]:
@@ -102,7 +104,14 @@ def _load_row(decode_dir: Path) -> _Row:
             steps = (icfg.get("optim") or {}).get("max_steps") if isinstance(icfg.get("optim"), dict) else None
             if steps is not None:
                 pretrain_model += f", {steps} steps"
+    lm_wer = lm_dec = None
+    lm_dir = decode_dir / "lm"
+    if (lm_dir / "wer.yaml").is_file():
+        lm_wer = _read_yaml(lm_dir / "wer.yaml", "")
+        lm_dec = _read_yaml(lm_dir / "decode.yaml", f"re-run 'sslseq decode --lm' into {decode_dir}")
     return _Row(
+        lm_wer=lm_wer,
+        lm_decode=lm_dec,
         decode_dir=decode_dir,
         exp_dir=Path(str(dec["exp_dir"])),
         exp_path=exp_dir,
@@ -169,18 +178,37 @@ def write_results(decode_dirs: list[Path], out: Path) -> str:
         f"Produced by `{_recipe_name(out)}` stage 7: "
         f"`sslseq results --out {shlex.quote(str(out))} {' '.join(shlex.quote(str(d)) for d in decode_dirs)}`",
         "",
-        "| experiment | model | init / pretraining | data set | WER % | CER % | #words | sub / del / ins |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | --- |",
     ]
+    with_lm = any(r.lm_wer is not None for r in rows)
+    if with_lm:
+        lines += [
+            "Greedy: best path of the CTC model alone. LM: lexicon beam search with the word n-gram LM, its weight "
+            "and word score tuned on dev (`sslseq lm tune`).",
+            "",
+            "| experiment | model | init / pretraining | data set | WER % | CER % | LM WER % | LM CER % | "
+            "LM weight / word score | #words | sub / del / ins |",
+            "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: | --- |",
+        ]
+    else:
+        lines += [
+            "| experiment | model | init / pretraining | data set | WER % | CER % | #words | sub / del / ins |",
+            "| --- | --- | --- | --- | ---: | ---: | ---: | --- |",
+        ]
     for r in rows:
         if r.init == "none":
             init = "none (from scratch)"
         else:
             init = f"`{r.init}`" + (f" ({r.pretrain_model})" if r.pretrain_model else "")
         w = r.wer
+        lm_cols = ""
+        if with_lm:
+            lw = r.lm_wer or {}
+            p = (r.lm_decode or {}).get("params") or {}
+            tuned = f"{p['lm_weight']:g} / {p['word_score']:g}" if p else "-"
+            lm_cols = f"{_fmt(lw.get('wer'))} | {_fmt(lw.get('cer'))} | {tuned} | "
         lines.append(
             f"| `{r.exp_dir}` | {r.model} | {init} | {r.data_set} | {_fmt(w.get('wer'))} | {_fmt(w.get('cer'))} | "
-            f"{w.get('n_ref_words', '-')} | {w.get('n_sub', '-')} / {w.get('n_del', '-')} / {w.get('n_ins', '-')} |"
+            f"{lm_cols}{w.get('n_ref_words', '-')} | {w.get('n_sub', '-')} / {w.get('n_del', '-')} / {w.get('n_ins', '-')} |"
         )
 
     # Pretrained vs from-scratch pairs on the same test set (and, where the configs say,
@@ -198,6 +226,16 @@ def write_results(decode_dirs: list[Path], out: Path) -> str:
                 f"- {pre.data_set}: relative WER reduction from pretraining: {what} "
                 f"(`{pre.exp_dir}` {_fmt(pre.wer['wer'])} vs `{scratch.exp_dir}` {_fmt(scratch.wer['wer'])})"
             )
+            if pre.lm_wer and scratch.lm_wer:
+                red = relative_reduction(float(scratch.lm_wer["wer"]), float(pre.lm_wer["wer"]))
+                what = "n/a (the from-scratch model makes no errors)" if red is None else f"{red:.1f} %"
+                notes.append(f"- {pre.data_set}: with the LM: {what} ({_fmt(pre.lm_wer['wer'])} vs {_fmt(scratch.lm_wer['wer'])})")
+    for r in rows:
+        if r.lm_wer is not None and r.wer.get("wer") is not None:
+            red = relative_reduction(float(r.wer["wer"]), float(r.lm_wer["wer"]))
+            if red is not None:
+                notes.append(f"- `{r.exp_dir}` {r.data_set}: the LM lowers WER by {red:.1f} % relative "
+                             f"({_fmt(r.wer['wer'])} → {_fmt(r.lm_wer['wer'])})")
     if notes:
         lines += ["", *notes]
 
@@ -212,6 +250,15 @@ def write_results(decode_dirs: list[Path], out: Path) -> str:
             f"- `sslseq decode {'' if beam == 1 else f'--beam {beam} '}{shlex.quote(str(d['exp_dir']))} {shlex.quote(str(d['data_dir']))} "
             f"{shlex.quote(str(r.decode_dir))}` ({search}{rtf})"
         )
+        if r.lm_decode is not None:
+            ld = r.lm_decode
+            p = ld.get("params") or {}
+            lrtf = f", search RTF {_fmt(ld.get('search_rtf'), 4)}" if ld.get("search_rtf") is not None else ""
+            lines.append(
+                f"  - LM: `--lm {shlex.quote(str(ld.get('lm_dir')))}` ({ld.get('lm_order', '?')}-gram), lm_weight "
+                f"{p.get('lm_weight')}, word_score {p.get('word_score')}, beam {p.get('beam_size')}{lrtf}; "
+                f"`{r.decode_dir}/lm/`"
+            )
     text = "\n".join(lines) + "\n"
     atomic_write_text(out, text)
     log.info("wrote %s (%d row(s))", out, len(rows))

@@ -83,14 +83,24 @@ class Utterance:
 # ---------------------------------------------------------------- sentences
 
 
-def _bible_book(book: str) -> list[str]:
+# The whole KJV, Genesis to Revelation, as one verse range of the 'bible' program.
+ALL_BOOKS = "Genesis1:1-Revelation22:21"
+
+
+def _bible_verses(spec: str) -> list[str]:
+    """Verse texts of a 'bible' range such as ``Genesis1:1-999:999`` (chapter headings dropped)."""
     exe = shutil.which("bible")
     if exe is None:
         raise SslseqError("the 'bible' command (King James Bible text) is not installed; install it: apt-get install bible-kjv")
-    res = subprocess.run([exe, "-l100000", f"{book}1:1-999:999"], capture_output=True, text=True, check=False)
+    res = subprocess.run([exe, "-l100000", spec], capture_output=True, text=True, check=False)
     if res.returncode != 0 or res.stdout.startswith("Bad"):
-        raise SslseqError(f"'bible' could not print {book}: {res.stdout.strip() or res.stderr.strip()}; reinstall bible-kjv")
-    return [m.group(1) for m in re.finditer(r"^\s*\d+\s+(.+?)\s*$", res.stdout, re.MULTILINE)]
+        raise SslseqError(f"'bible' could not print {spec}: {res.stdout.strip() or res.stderr.strip()}; reinstall bible-kjv")
+    # Verses are indented ("  3 And God said, ..."); headings are not ("1 Samuel 3").
+    return [m.group(1) for m in re.finditer(r"^[ \t]+\d+[ \t]+(.+?)[ \t]*$", res.stdout, re.MULTILINE)]
+
+
+def _bible_book(book: str) -> list[str]:
+    return _bible_verses(f"{book}1:1-999:999")
 
 
 def _split_long(words: list[str]) -> list[list[str]]:
@@ -147,6 +157,19 @@ def _load_sentences() -> tuple[str, ...]:
                 seen.add(norm)
                 out.append(s)
     return tuple(out)
+
+
+def lm_sentences(books: list[str] | None = None) -> list[str]:
+    """Normalized KJV clauses for a language model: every verse of ``books`` (default the whole
+    Bible), cut into clauses exactly as the corpus's sentences are (so a dev or test sentence
+    appears as a whole line, which ``sslseq.lm.corpus`` can exclude), repeats kept (they are
+    the text's real frequencies)."""
+    specs = [ALL_BOOKS] if not books else [f"{b}1:1-999:999" for b in books]
+    out: list[str] = []
+    for spec in specs:
+        for verse in _bible_verses(spec):
+            out += [n for n in (normalize_text(s) for s in _verse_sentences(verse)) if n]
+    return out
 
 
 def spoken_form(raw: str) -> str:
