@@ -196,6 +196,18 @@ def write_data_dir(
     atomic_write_text(path / "utt2dur", _lines({u: f"{float(d):.3f}" for u, d in utt2dur.items()}))
 
 
+def write_utterances(path: Path, d: DataDir, keep) -> None:
+    """The data dir ``path`` with the utterances ``keep`` of ``d`` (a subset, or ``d`` without
+    its bad ones)."""
+    write_data_dir(
+        path,
+        wav={u: d.wav[u] for u in keep},
+        text={u: d.text[u] for u in keep} if d.text else None,
+        utt2spk={u: d.utt2spk[u] for u in keep},
+        utt2dur={u: d.utt2dur[u] for u in keep},
+    )
+
+
 def _load_tokenizer(units: str | os.PathLike | CharTokenizer | None) -> CharTokenizer:
     if units is None:
         return CharTokenizer(DEFAULT_UNITS)
@@ -311,13 +323,7 @@ def drop_utterances(path: str | os.PathLike, bad: dict[str, str]) -> int:
     for t in (tmp, old):
         if t.exists():
             shutil.rmtree(t)
-    write_data_dir(
-        tmp,
-        wav={u: d.wav[u] for u in keep},
-        text={u: d.text[u] for u in keep} if d.text else None,
-        utt2spk={u: d.utt2spk[u] for u in keep},
-        utt2dur={u: d.utt2dur[u] for u in keep},
-    )
+    write_utterances(tmp, d, keep)
     atomic_write_text(tmp / BAD_UTTS, listed + "".join(f"{u}\t{bad[u]}\n" for u in c_sorted(bad) if u in d.wav))
     os.replace(path, old)
     os.replace(tmp, path)
@@ -458,13 +464,7 @@ def subset_by_duration(src: str | os.PathLike, dst: str | os.PathLike, *, second
         acc += d.utt2dur[u]
         turn = turn % len(queues) + (1 if q else 0)
     keep = set(chosen)
-    write_data_dir(
-        dst,
-        wav={u: d.wav[u] for u in keep},
-        text={u: d.text[u] for u in keep} if d.text else None,
-        utt2spk={u: d.utt2spk[u] for u in keep},
-        utt2dur={u: d.utt2dur[u] for u in keep},
-    )
+    write_utterances(dst, d, keep)
     n_spk = len({d.utt2spk[u] for u in keep})
     log.info(
         "%s: %.1f s (%.2f h) in %d utterances from %d speakers (asked %.1f s)",
