@@ -84,10 +84,23 @@ def test_tiny_recipe_end_to_end(tiny_run: Path):
     check_overlap(tiny_run / "data/lm/text", [tiny_run / "data/dev", tiny_run / "data/test"])
 
 
+def _stage_outputs(workdir: Path) -> dict[str, int]:
+    """What each stage writes (data dirs, LM, feature shards, labels, models, hypotheses) and
+    when it was last written: a redone stage rewrites some of it."""
+    patterns = ("data/*/wav.scp", "data/lm/lm.arpa", "dump/**/*.npy", "dump/**/*.km", "exp/*/model.safetensors",
+                "exp/*/decode_*/hyp.txt", "exp/*/decode_*/lm/hyp.txt")
+    return {str(f.relative_to(workdir)): f.stat().st_mtime_ns for pat in patterns for f in workdir.glob(pat)}
+
+
 def test_rerun_skips_finished_stages(tiny_run: Path):
+    before = _stage_outputs(tiny_run)
+    assert any(k.startswith("dump/") for k in before) and any(k.endswith("model.safetensors") for k in before)
     r = run_recipe(tiny_run)
     assert "skip:" in r.stderr
     assert "stage took" not in r.stderr, "a finished stage was redone"
+    after = _stage_outputs(tiny_run)
+    redone = sorted(k for k in after if before.get(k) != after[k])
+    assert after.keys() == before.keys() and not redone, f"a finished stage was redone: {redone[:5]}"
 
 
 def _same_arrays(a: Path, b: Path) -> None:
