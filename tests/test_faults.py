@@ -247,7 +247,7 @@ def _label_dir(tmp_path: Path, meta: str | None, dict_lines: int | None = 5, lab
     ("label_rate: 100.0\nk: 5\n", 2, "dict.km.txt lists 2 clusters but"),
 ])
 def test_broken_label_dirs_are_named(tmp_path: Path, meta, dict_lines, message):
-    from sslseq.cluster.labels import read_labels
+    from sslseq.data.labels import read_labels
     from sslseq.utils import SslseqError
 
     km = _label_dir(tmp_path, meta, dict_lines)

@@ -20,7 +20,8 @@ from sslseq.cluster.kmeans import (
     load_kmeans,
     sample_frames,
 )
-from sslseq.cluster.labels import check_labels_match, cluster_purity_pnmi, read_labels
+from sslseq.cluster.labels import cluster_purity_pnmi
+from sslseq.data.labels import check_labels_match, read_labels
 from sslseq.features.store import FeatureStore, write_meta, write_shard
 from sslseq.utils import SslseqError
 

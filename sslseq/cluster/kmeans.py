@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import yaml
 
-from sslseq.cluster.labels import LABELS_DICT, LABELS_META
+from sslseq.data.labels import LABELS_DICT, LABELS_META
 from sslseq.utils import SslseqError, atomic_path, atomic_write_text, get_logger, progress
 
 log = get_logger("sslseq.cluster.kmeans")

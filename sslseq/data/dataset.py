@@ -112,7 +112,7 @@ class SpeechDataset(torch.utils.data.Dataset):
 
     # ------------------------------------------------------------ loading
     def _read_labels(self, data) -> list[np.ndarray]:
-        from sslseq.cluster.labels import LABELS_DICT, read_labels
+        from sslseq.data.labels import LABELS_DICT, read_labels
 
         km = self.labels_path
         utts, labels, meta = read_labels(km)
