@@ -83,6 +83,10 @@ def _split_groups(logits: torch.Tensor, codebook: torch.Tensor, groups: int | No
     return logits, codebook, G
 
 
+# Under torch.compile both ops run as they are, outside the graph (a graph break): they are fused
+# already, the triton path launches its own kernels from a custom autograd Function, and the
+# chunked path is a Python loop over row chunks that tracing would unroll.
+@torch.compiler.disable
 def gumbel_quantize(logits, codebook, tau, hard=True, seed=0, path=None, *, groups=None, deterministic=None):
     """Straight-through Gumbel-softmax quantization with codevector gather.
 
@@ -110,6 +114,7 @@ class _Impl:
         self.forward, self.backward = forward, backward
 
 
+@torch.compiler.disable  # as gumbel_quantize
 def contrastive_loss(context, targets, neg_idx, target_codes, temperature=0.1, path=None, *, deterministic=None):
     """Summed InfoNCE loss over cosine logits and the number of frames whose positive wins.
 

@@ -29,6 +29,10 @@ def _keep_random(mask: torch.Tensor, keep: torch.Tensor, generator: torch.Genera
     return rank < keep[:, None]
 
 
+# Random spans of data-dependent sizes: under torch.compile (dynamic shapes) tracing this fails
+# ("SymIntArrayRef expected to contain only concrete integers" at the first torch.rand), and it
+# is a handful of small index ops anyway, so it always runs eagerly (a graph break).
+@torch.compiler.disable
 def compute_mask_indices(
     shape: tuple[int, int],
     padding_mask: torch.Tensor | None,

@@ -31,6 +31,9 @@ def _draw_excluding_self(n_others: torch.Tensor, self_pos: torch.Tensor, k: int,
     return torch.where(n_others[:, None] > 0, draw, torch.full_like(draw, -1))
 
 
+# Data-dependent sizes (nonzero, draws per masked frame): under torch.compile it runs eagerly
+# (a graph break; tracing torch.rand over symbolic sizes fails), as the span masking does.
+@torch.compiler.disable
 @torch.no_grad()
 def sample_negatives(
     num_negatives: int,

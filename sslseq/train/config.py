@@ -71,6 +71,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (GPU: bf16 where supported, else fp16 with loss scaling; CPU: bf16 with AMX-BF16/AVX512-BF16, else fp32)
     compile: bool = False  # torch.compile the model (dynamic shapes; the first steps compile)
+    # torch.compile backend: inductor (generates kernels); eager / aot_eager only trace, for
+    # quick checks of what compiling touches (`sslseq bench gpu --dry-run` on a CPU)
+    compile_backend: str = "inductor"
     # DDP: parameters a step may leave without gradient (CTC's frozen encoder, an unused mask
     # embedding) need find_unused_parameters; None: true for CTC, false otherwise (it costs a
     # graph traversal per step).
@@ -162,6 +165,8 @@ def check_train_config(cfg: TrainConfig, where: str = "config") -> None:
         raise bad("optim.schedule", f"'{cfg.optim.schedule}' is not one of {', '.join(SCHEDULES)}")
     if cfg.precision not in PRECISIONS:
         raise bad("precision", f"'{cfg.precision}' is not one of {', '.join(PRECISIONS)}")
+    if not cfg.compile_backend:
+        raise bad("compile_backend", "empty; inductor (the default), aot_eager or eager")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise bad("device", f"'{cfg.device}' is not auto, cpu or cuda")
     for key, value, lo in (
@@ -202,7 +207,7 @@ def check_train_config(cfg: TrainConfig, where: str = "config") -> None:
 
 # Keys that do not change the trained model: a run may resume with them changed.
 _NON_SEMANTIC = {("data", "num_workers"), ("log_interval",), ("keep_last",), ("device",), ("save_interval",),
-                 ("compile",), ("find_unused_parameters",), ("optim", "max_skipped_in_row"),
+                 ("compile",), ("compile_backend",), ("find_unused_parameters",), ("optim", "max_skipped_in_row"),
                  ("optim", "max_skipped_frac")}
 
 

@@ -264,7 +264,7 @@ class Trainer:
         self.unwrapped = self.accelerator.unwrap_model(self.model)
         if self.cfg.compile:
             # Utterance lengths vary per batch: dynamic shapes avoid a recompile for each new one.
-            self.model = torch.compile(self.model, dynamic=True)
+            self.model = torch.compile(self.model, dynamic=True, backend=self.cfg.compile_backend)
 
     # ------------------------------------------------------------ state
     def _state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
