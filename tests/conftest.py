@@ -14,6 +14,35 @@ import pytest
 
 os.environ.setdefault("SSLSEQ_NO_PROGRESS", "1")
 
+# Tests marked ``cuda`` (tests/test_cuda.py) run on the device $SSLSEQ_TEST_DEVICE (default
+# cuda) and are skipped, saying why, where that is cuda and no CUDA GPU is visible; on a GPU
+# machine `sslseq bench gpu` (tools/gpu_check.sh) runs them, and its dry run runs some of them
+# on the CPU (SSLSEQ_TEST_DEVICE=cpu, Triton interpreter) so they cannot rot between GPU loans.
+CUDA_MARK_HELP = ("cuda: needs a CUDA GPU (the device $SSLSEQ_TEST_DEVICE, default cuda); skipped without one. "
+                  "`sslseq bench gpu` / tools/gpu_check.sh runs them on a GPU machine")
+
+
+def target_device() -> str:
+    return os.environ.get("SSLSEQ_TEST_DEVICE", "cuda")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", CUDA_MARK_HELP)
+
+
+def pytest_collection_modifyitems(config, items):
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked or not target_device().startswith("cuda"):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU visible (SSLSEQ_TEST_DEVICE=cuda): these run on a GPU machine through "
+                                   "`sslseq bench gpu` (tools/gpu_check.sh)")
+    for item in marked:
+        item.add_marker(skip)
+
 needs_synth = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("bible") is None,
     reason="espeak-ng and bible-kjv are needed to synthesize the corpus (apt-get install espeak-ng bible-kjv)",

@@ -13,9 +13,13 @@ os.environ["TRITON_INTERPRET"] = "1"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from kernel_cases import close, pretrain_losses  # noqa: E402
+from kernel_cases import contrastive_case as _contrastive_case  # noqa: E402
+from kernel_cases import quantize_case as _quantize_case  # noqa: E402
+from kernel_cases import run_contrastive as _run_contrastive  # noqa: E402
+from kernel_cases import run_quantize as _run_quantize  # noqa: E402
 from sslseq import kernels  # noqa: E402
 from sslseq.kernels import rng  # noqa: E402
-from sslseq.objectives.contrastive import sample_negatives  # noqa: E402
 from sslseq.utils import SslseqError  # noqa: E402
 
 torch.set_num_threads(1)
@@ -25,12 +29,6 @@ needs_triton = pytest.mark.skipif(
     reason=f"triton is not importable here ({kernels._triton_import_error()}); pip install triton",
 )
 FAST_PATHS = ["chunked", pytest.param("triton", marks=needs_triton)]
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
-
-
-def close(a, b, dtype, scale=1.0):
-    tol = TOL[dtype]
-    torch.testing.assert_close(a.double(), b.double(), rtol=tol["rtol"], atol=tol["atol"] * scale)
 
 
 # ------------------------------------------------------------------ rng
@@ -93,22 +91,6 @@ def test_triton_kernels_compile_for_h100():
 
 
 # ------------------------------------------------------------------ Gumbel quantizer
-
-
-def _quantize_case(N, G, V, d, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    logits = (torch.randn(N, G * V, generator=g) * 2).to(dtype)
-    book = torch.randn(G * V, d, generator=g).to(dtype)
-    wq = torch.randn(N, G * d, generator=g)
-    wm = torch.randn(G, V, generator=g)
-    return logits, book, wq, wm
-
-
-def _run_quantize(path, logits, book, wq, wm, hard, deterministic=None, tau=0.7, seed=11, G=2):
-    lg, bk = logits.clone().requires_grad_(True), book.clone().requires_grad_(True)
-    q, ids, mean = kernels.gumbel_quantize(lg, bk, tau, hard, seed, path, groups=G, deterministic=deterministic)
-    ((q.float() * wq).sum() + (mean.float() * wm).sum()).backward()
-    return q.detach(), ids, mean.detach(), lg.grad, bk.grad
 
 
 @pytest.mark.parametrize("path", FAST_PATHS)
@@ -207,37 +189,6 @@ def test_gumbel_chunked_is_chunked(monkeypatch):
 
 
 # ------------------------------------------------------------------ contrastive loss
-
-
-def _contrastive_case(dtype, K=6, D=70, seed=0, distinct_codes=4):
-    """Masked frames of 4 utterances with every edge case: one masked frame (no negative), fewer
-    masked frames than K, padding, and an utterance whose targets all share one code (all of its
-    negatives equal the positive)."""
-    g = torch.Generator().manual_seed(seed)
-    B, T = 4, 16
-    mask = torch.zeros(B, T, dtype=torch.bool)
-    mask[0, 5] = True  # one masked frame
-    mask[1, [2, 4, 9]] = True  # 3 < K
-    mask[2] = torch.rand(T, generator=g) < 0.7
-    mask[3, 1:12] = True
-    pad = torch.zeros(B, T, dtype=torch.bool)
-    pad[3, 8:] = True  # padded frames are masked too but never used
-    neg = sample_negatives(K, mask, pad, generator=g)
-    utt = (mask & ~pad).nonzero()[:, 0]
-    N = neg.size(0)
-    codes = torch.randint(0, distinct_codes, (N, 2), generator=g)
-    codes[utt == 1] = torch.tensor([1, 1])  # utterance 1: all negatives equal the positive
-    table = torch.randn(2, distinct_codes, D, generator=g)
-    targets = (table[0, codes[:, 0]] + table[1, codes[:, 1]]).to(dtype)  # equal codes ⇔ equal vectors
-    context = torch.randn(N, D, generator=g).to(dtype)
-    return context, targets, neg, codes
-
-
-def _run_contrastive(path, context, targets, neg, codes, deterministic=None, temperature=0.1):
-    c, t = context.clone().requires_grad_(True), targets.clone().requires_grad_(True)
-    loss, correct = kernels.contrastive_loss(c, t, neg, codes, temperature, path, deterministic=deterministic)
-    (loss * 0.5).backward()
-    return loss.detach(), correct, c.grad, t.grad
 
 
 @pytest.mark.parametrize("path", FAST_PATHS)
@@ -341,30 +292,10 @@ def test_dispatcher(monkeypatch):
 # ------------------------------------------------------------------ wav2vec 2.0 on both paths
 
 
-def _pretrain_losses(monkeypatch, path, steps=3):
-    from test_wav2vec2 import batch, w2v_cfg
-
-    from sslseq.models import build_model
-
-    monkeypatch.setenv(kernels.ENV_PATH, path)
-    torch.manual_seed(0)
-    model = build_model(w2v_cfg())
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    losses = []
-    for step in range(steps):
-        model.set_num_updates(step)
-        out = model(batch(seed=step))
-        opt.zero_grad()
-        (out.loss / out.sample_size).backward()
-        opt.step()
-        losses.append((out.loss.item(), out.logs["contrastive"], out.logs["prob_perplexity"], out.logs["acc"]))
-    return losses
-
-
 @pytest.mark.parametrize("path", FAST_PATHS)
 def test_wav2vec2_steps_same_on_path_and_reference(monkeypatch, path):
-    ref = _pretrain_losses(monkeypatch, "reference")
-    out = _pretrain_losses(monkeypatch, path)
+    ref = pretrain_losses(monkeypatch, "reference")
+    out = pretrain_losses(monkeypatch, path)
     assert ref[0] != ref[-1]  # the model did learn something in between
     for r, t in zip(ref, out):
         assert t == pytest.approx(r, rel=1e-4, abs=1e-5)
