@@ -457,8 +457,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="write the records as JSON to this file")
     s.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     s.add_argument("--repeats", type=int, default=3, help="timed runs per path (best is kept)")
-    s.add_argument("--shapes", nargs="*", choices=["base", "large"], default=None, help="default: both")
+    s.add_argument("--shapes", nargs="*", choices=["base", "large", "tiny"], default=None,
+                   help="default: base and large (tiny: a smoke test of the benchmark)")
     s.add_argument("--ops", nargs="*", choices=["gumbel_quantize", "contrastive_loss"], default=None, help="default: both")
+    s = verb(bench, "gpu", cmd_bench, "the GPU check in one command (CUDA tests, NCCL, kernel and training benchmarks, "
+             "pretraining throughput) under a deadline; tools/gpu_check.sh runs it on a GPU machine")
+    s.add_argument("--out", default=None, help="where gpu_check.{json,md,log} go (default: $OUT if set, else gpu_check/)")
+    s.add_argument("--dry-run", action="store_true",
+                   help="every step on the CPU on tiny shapes (Triton interpreter, gloo, compile backend eager)")
+    s.add_argument("--deadline", type=float, default=None,
+                   help="seconds for all steps (default: 420 on a GPU, 900 for --dry-run); later steps are skipped")
+    s.add_argument("--only", nargs="*", default=None, metavar="STEP",
+                   help="run only these steps (env always runs): env tests nccl kernels train throughput throughput_compile")
+    s.add_argument("--skip", nargs="*", default=None, metavar="STEP", help="leave these steps out")
+    s.add_argument("--work", default=None, help="scratch dir (default: a new temporary dir)")
 
     # convert
     s = verb(verbs, "convert", cmd_convert, "import a transformers/fairseq/fairseq2 checkpoint as an experiment dir, "
