@@ -483,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log = get_logger()
+    if hasattr(sys.stdout, "reconfigure"):  # file names that are not UTF-8 print as the bytes they are
+        sys.stdout.reconfigure(errors="surrogateescape")
     try:
         args.fn(args)
     except SslseqError as e:
