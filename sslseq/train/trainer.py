@@ -32,7 +32,7 @@ from sslseq.config import to_dict
 from sslseq.data.batching import LengthBucketBatchSampler
 from sslseq.data.dataset import SpeechDataset, collate
 from sslseq.train import checkpoint as ckpt
-from sslseq.train.config import TrainConfig, config_diff, load_train_config, semantic_dict
+from sslseq.train.config import TrainConfig, config_diff, load_train_config, resolve_paths, semantic_dict
 from sslseq.train.health import HealthMonitor
 from sslseq.models.train_log import LOG, JsonLog
 from sslseq.train.schedule import lr_at, warmup_steps
@@ -44,9 +44,21 @@ SUMMARY = "train_summary.yaml"
 VALID_SEED_OFFSET = 9973  # validation draws (e.g. HuBERT masks) from its own fixed seed
 
 
-def config_digest(cfg: TrainConfig) -> str:
-    text = json.dumps(semantic_dict(cfg), sort_keys=True, default=list)
+def config_digest(cfg: TrainConfig, *, resolved: bool = False) -> str:
+    """Fingerprint of what changes the trained model; ``resolved``: with paths resolved (``./x``
+    and ``/abs/x`` alike). Runs are the same when either digest is: the plain one survives moving
+    a workdir whose paths are relative, the resolved one another spelling of the same paths."""
+    d = semantic_dict(cfg)
+    text = json.dumps(resolve_paths(d) if resolved else d, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _same_config(record: dict, cfg: TrainConfig) -> bool:
+    """Whether a checkpoint's or summary's ``config_digest`` / ``config_paths_digest`` are ``cfg``'s."""
+    return record.get("config_digest") == config_digest(cfg) or (
+        record.get("config_paths_digest") is not None
+        and record.get("config_paths_digest") == config_digest(cfg, resolved=True)
+    )
 
 
 def is_finished(cfg: TrainConfig) -> bool:
@@ -59,7 +71,7 @@ def is_finished(cfg: TrainConfig) -> bool:
         done = yaml.safe_load(summary.read_text()) or {}
     except yaml.YAMLError:
         return False
-    return done.get("config_digest") == config_digest(cfg)
+    return isinstance(done, dict) and _same_config(done, cfg)
 
 
 def train_from_config(path: Path, overrides: list[str]) -> Path:
@@ -278,6 +290,7 @@ class Trainer:
             "scaler": scaler.state_dict() if scaler is not None else {},
             "rng": rng,  # one state per process, in process order
             "config_digest": self.digest,
+            "config_paths_digest": config_digest(self.cfg, resolved=True),
             "config": yaml.safe_dump(semantic_dict(self.cfg), sort_keys=False),
             "stats": dict(self.stats),
             "acc": dict(self.acc),
@@ -291,9 +304,11 @@ class Trainer:
         if latest is None:
             return
         state = ckpt.load_trainer_state(latest)
-        if state.get("config_digest") != self.digest:
-            old = yaml.safe_load(state.get("config", "")) or {}
-            diff = config_diff(old, semantic_dict(self.cfg))
+        # Another spelling of the same paths is the same run (checkpoints of older versions hold no
+        # paths digest: their config is compared with the paths resolved).
+        old = yaml.safe_load(state.get("config", "")) or {}
+        diff = [] if _same_config(state, self.cfg) else config_diff(resolve_paths(old), resolve_paths(semantic_dict(self.cfg)))
+        if diff:
             raise SslseqError(
                 f"{self.out_dir} holds checkpoints of a run with another config (differs in: {', '.join(diff) or '?'}); "
                 f"train into another out_dir, or delete {self.ckpt_dir} to start over"
@@ -778,6 +793,7 @@ class Trainer:
             "processes": self.accelerator.num_processes,
             "skipped_updates": int(self.stats.get("skipped_updates", 0)),  # non-finite gradients
             "config_digest": self.digest,
+            "config_paths_digest": config_digest(self.cfg, resolved=True),
         }
         atomic_write_text(out / SUMMARY, yaml.safe_dump(summary, sort_keys=False))
         log.info("finished %d steps in %.0f s: %s", self.step, wall, out)
