@@ -199,8 +199,9 @@ kmeans_targets() {
   fi
 }
 
-# What a finished training dir holds (recorded in its marker: a damaged or deleted model redoes the stage).
-model_files="model.safetensors config.yaml train_summary.yaml"
+# What later stages read of a finished training dir (recorded in its marker: a damaged or deleted
+# model redoes the stage; not train_summary.yaml, whose timings differ when a redo resumes).
+model_files="model.safetensors config.yaml"
 # Pretrain with config $1 into $2 on the labels dump/labels/$3 (for HuBERT; the others ignore them).
 pretrain() {
   local config=$1 out=$2 labels=dump/labels/$3 opts config_id
