@@ -218,16 +218,9 @@ def test_resume_with_out_dir_spelled_differently(tmp_path, tones, monkeypatch):
     model = FrameClassifier(seed=1)
     Trainer(_cfg(tmp_path, tones, "run", *over, "out_dir=./run"), model=model).fit()  # the same dir, relative
     assert model.updates == list(range(4, 8))  # resumed, not refused as "another config"
-    assert is_finished(_cfg(tmp_path, tones, "run", *over, "out_dir=run/../run"))
-    # checkpoints of a version without the paths digest: the configs are compared with paths resolved
-    state_file = Path("run/checkpoints/step_8") / ckpt.STATE
-    state = ckpt.load_trainer_state(state_file.parent)
-    del state["config_paths_digest"]
-    torch.save(state, state_file)
-    (tmp_path / "run" / "model.safetensors").unlink()
-    model = FrameClassifier(seed=2)
-    Trainer(_cfg(tmp_path, tones, "run", *over, "out_dir=./run/"), model=model).fit()
-    assert (tmp_path / "run" / "model.safetensors").is_file()
+    for spelling in ("run", "run/../run/", str(tmp_path / "run")):
+        assert is_finished(_cfg(tmp_path, tones, "run", *over, f"out_dir={spelling}"))
+    assert not is_finished(_cfg(tmp_path, tones, "run", *over, "out_dir=run", "optim.lr=0.5"))
     (tmp_path / "run" / "model.safetensors").unlink()
     with pytest.raises(SslseqError, match=r"another config \(differs in: optim\.lr\)"):  # not out_dir
         Trainer(_cfg(tmp_path, tones, "run", *over, "optim.lr=0.5", "out_dir=../" + tmp_path.name + "/run"),

@@ -222,9 +222,17 @@ PATH_KEYS = (("out_dir",), ("init",), ("data", "train"), ("data", "valid"), ("da
              ("data", "labels_valid"), ("data", "units"))
 
 
+def resolve_path(value: Any) -> Any:
+    """A path value as a resolved absolute path (relative ones against the current dir); other
+    values, '' and ``init``'s ``none`` as they are."""
+    if isinstance(value, str) and value and value != "none":
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
 def resolve_paths(d: dict) -> dict:
-    """A copy of a config dict with the values of ``PATH_KEYS`` as resolved absolute paths
-    (relative ones against the current dir; ``init: none`` stays), for comparing configs."""
+    """A copy of a config dict with the values of ``PATH_KEYS`` resolved (``resolve_path``), for
+    comparing configs."""
     import copy
 
     d = copy.deepcopy(d)
@@ -232,9 +240,8 @@ def resolve_paths(d: dict) -> dict:
         node = d
         for part in key[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
-        value = node.get(key[-1]) if isinstance(node, dict) else None
-        if isinstance(value, str) and value and value != "none":
-            node[key[-1]] = str(Path(value).expanduser().resolve())
+        if isinstance(node, dict) and key[-1] in node:
+            node[key[-1]] = resolve_path(node[key[-1]])
     return d
 
 
@@ -263,5 +270,6 @@ __all__ = [
     "pretrain_needs_labels",
     "semantic_dict",
     "config_diff",
+    "resolve_path",
     "resolve_paths",
 ]

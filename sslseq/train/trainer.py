@@ -15,6 +15,7 @@ on the step, and the RNG states are saved with the optimizer state.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -32,7 +33,15 @@ from sslseq.config import to_dict
 from sslseq.data.batching import LengthBucketBatchSampler
 from sslseq.data.dataset import SpeechDataset, collate
 from sslseq.train import checkpoint as ckpt
-from sslseq.train.config import TrainConfig, config_diff, load_train_config, resolve_paths, semantic_dict
+from sslseq.train.config import (
+    PATH_KEYS,
+    TrainConfig,
+    config_diff,
+    load_train_config,
+    resolve_path,
+    resolve_paths,
+    semantic_dict,
+)
 from sslseq.train.health import HealthMonitor
 from sslseq.models.train_log import LOG, JsonLog
 from sslseq.train.schedule import lr_at, warmup_steps
@@ -44,21 +53,23 @@ SUMMARY = "train_summary.yaml"
 VALID_SEED_OFFSET = 9973  # validation draws (e.g. HuBERT masks) from its own fixed seed
 
 
-def config_digest(cfg: TrainConfig, *, resolved: bool = False) -> str:
-    """Fingerprint of what changes the trained model; ``resolved``: with paths resolved (``./x``
-    and ``/abs/x`` alike). Runs are the same when either digest is: the plain one survives moving
-    a workdir whose paths are relative, the resolved one another spelling of the same paths."""
-    d = semantic_dict(cfg)
-    text = json.dumps(resolve_paths(d) if resolved else d, sort_keys=True, default=list)
+def config_digest(cfg: TrainConfig) -> str:
+    text = json.dumps(semantic_dict(cfg), sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _same_config(record: dict, cfg: TrainConfig) -> bool:
-    """Whether a checkpoint's or summary's ``config_digest`` / ``config_paths_digest`` are ``cfg``'s."""
-    return record.get("config_digest") == config_digest(cfg) or (
-        record.get("config_paths_digest") is not None
-        and record.get("config_paths_digest") == config_digest(cfg, resolved=True)
-    )
+def _spelled_as(cfg: TrainConfig, stored: dict) -> TrainConfig:
+    """``cfg`` with each path that names the same file or dir as in ``stored`` (a config dict,
+    e.g. an experiment's config.yaml) spelled as there: ``./x``, ``x`` and ``/abs/x`` are one run."""
+    out = copy.deepcopy(cfg)
+    for key in PATH_KEYS:
+        old, obj = stored, out
+        for part in key[:-1]:
+            old, obj = old.get(part) if isinstance(old, dict) else None, getattr(obj, part)
+        old = old.get(key[-1]) if isinstance(old, dict) else None
+        if isinstance(old, str) and resolve_path(old) == resolve_path(getattr(obj, key[-1])):
+            setattr(obj, key[-1], old)
+    return out
 
 
 def is_finished(cfg: TrainConfig) -> bool:
@@ -71,7 +82,15 @@ def is_finished(cfg: TrainConfig) -> bool:
         done = yaml.safe_load(summary.read_text()) or {}
     except yaml.YAMLError:
         return False
-    return isinstance(done, dict) and _same_config(done, cfg)
+    if not isinstance(done, dict):
+        return False
+    if done.get("config_digest") == config_digest(cfg):
+        return True
+    try:  # the same config with its paths spelled otherwise (./x vs /abs/x)
+        stored = yaml.safe_load((out / "config.yaml").read_text())
+    except yaml.YAMLError:
+        return False
+    return isinstance(stored, dict) and done.get("config_digest") == config_digest(_spelled_as(cfg, stored))
 
 
 def train_from_config(path: Path, overrides: list[str]) -> Path:
@@ -290,7 +309,6 @@ class Trainer:
             "scaler": scaler.state_dict() if scaler is not None else {},
             "rng": rng,  # one state per process, in process order
             "config_digest": self.digest,
-            "config_paths_digest": config_digest(self.cfg, resolved=True),
             "config": yaml.safe_dump(semantic_dict(self.cfg), sort_keys=False),
             "stats": dict(self.stats),
             "acc": dict(self.acc),
@@ -304,10 +322,10 @@ class Trainer:
         if latest is None:
             return
         state = ckpt.load_trainer_state(latest)
-        # Another spelling of the same paths is the same run (checkpoints of older versions hold no
-        # paths digest: their config is compared with the paths resolved).
+        # Another spelling of the same paths (./x vs /abs/x) is the same run: compared resolved.
         old = yaml.safe_load(state.get("config", "")) or {}
-        diff = [] if _same_config(state, self.cfg) else config_diff(resolve_paths(old), resolve_paths(semantic_dict(self.cfg)))
+        same = state.get("config_digest") == self.digest
+        diff = [] if same else config_diff(resolve_paths(old), resolve_paths(semantic_dict(self.cfg)))
         if diff:
             raise SslseqError(
                 f"{self.out_dir} holds checkpoints of a run with another config (differs in: {', '.join(diff) or '?'}); "
@@ -793,7 +811,6 @@ class Trainer:
             "processes": self.accelerator.num_processes,
             "skipped_updates": int(self.stats.get("skipped_updates", 0)),  # non-finite gradients
             "config_digest": self.digest,
-            "config_paths_digest": config_digest(self.cfg, resolved=True),
         }
         atomic_write_text(out / SUMMARY, yaml.safe_dump(summary, sort_keys=False))
         log.info("finished %d steps in %.0f s: %s", self.step, wall, out)
