@@ -96,11 +96,11 @@ def check_labels_match(
     messages)."""
     if len(utts) != len(frame_counts):
         raise ValueError(f"{len(utts)} utterance ids but {len(frame_counts)} frame counts")
-    data_what = f"{data} has" if data is not None else "expected"
     if len(labels) != len(frame_counts):
+        expected = f"{data} has {len(frame_counts)} utterances" if data is not None else \
+            f"{len(frame_counts)} utterances expected"
         raise SslseqError(
-            f"{where}: {len(labels)} label lines but {len(frame_counts)} utterances {data_what}; "
-            f"the labels were made for another data dir: {RELABEL}"
+            f"{where}: {len(labels)} label lines but {expected}; the labels were made for another data dir: {RELABEL}"
         )
     if label_utts is not None:
         for i, (a, b) in enumerate(zip(label_utts, utts)):
