@@ -196,7 +196,7 @@ def read_kaldi_map(
 ) -> dict[str, tuple[str, int]]:
     """``key -> (value, line_no)``; malformed lines, duplicate keys and invalid UTF-8 (except in
     wav.scp's file names) are errors (order is not checked). An utterance id with whitespace is
-    one error naming it; ``spaced``: those of the whole data dir (``_spaced_ids``), else this file's."""
+    one error naming it; ``spaced``: such ids (``_spaced_ids``), by default found in the file's dir."""
     path = Path(path)
     if not path.is_file():
         if allow_missing:
