@@ -92,15 +92,16 @@ def _tokens_start(tokens: list[str], ids: dict[str, list[str]]) -> str | None:
     return None
 
 
-def _spaced_ids(path: Path) -> dict[str, list[str]]:
+def _spaced_ids(path: Path, only: str | None = None) -> dict[str, list[str]]:
     """Utterance ids that hold whitespace (``spk1 utt01``), each split at it, as found in the data
     dir's fixed-format files: a utt2dur line of more than two fields ending in a number, or a
     utt2spk line of more than two fields whose leading fields also start a two-field-longer
     wav.scp line. Kaldi splits a line at its first whitespace, so such an id would otherwise be
-    reported as unrelated problems of every file; it is one problem (``_parse_map``)."""
+    reported as unrelated problems of every file; it is one problem (``_parse_map``). ``only``:
+    read that one file of the dir, no other."""
     def fields(name: str) -> list[list[str]]:
         f = path / name
-        if not f.is_file():
+        if (only is not None and name != only) or not f.is_file():
             return []
         return [text.split() for _, text in _read_lines(f, bytes_values=True, warn=False)[0]]
 
@@ -196,14 +197,15 @@ def read_kaldi_map(
 ) -> dict[str, tuple[str, int]]:
     """``key -> (value, line_no)``; malformed lines, duplicate keys and invalid UTF-8 (except in
     wav.scp's file names) are errors (order is not checked). An utterance id with whitespace is
-    one error naming it; ``spaced``: such ids (``_spaced_ids``), by default found in the file's dir."""
+    one error naming it; ``spaced``: such ids (``_spaced_ids``), by default those the file shows by
+    itself (utt2dur's, whose value is one number; no other file is read)."""
     path = Path(path)
     if not path.is_file():
         if allow_missing:
             return {}
         raise SslseqError(f"{path}: file not found")
     if spaced is None:
-        spaced = _spaced_ids(path.parent) if path.name in ("wav.scp", "utt2spk", "utt2dur") else {}
+        spaced = _spaced_ids(path.parent, only="utt2dur") if path.name == "utt2dur" else {}
     seen: dict[str, list[str]] = {}
     entries, problems = _parse_map(path, spaced, seen)
     problems = _spaced_problems(spaced, seen) + [p for p in problems if ": not sorted" not in p]
