@@ -2,8 +2,8 @@
 # The shared SSL recipe: data → features → k-means targets → pretraining → CTC fine-tuning → WER.
 # A corpus's egs/<corpus>/run.sh calls this with its defaults; every stage is one or two
 # `sslseq` calls (the logic lives in the sslseq package). Stages skip finished work (a .done
-# marker holding the stage's options, written last), write outputs atomically, and can be
-# killed and rerun.
+# marker holding the stage's options and the sizes and checksums of its outputs, written last),
+# write outputs atomically, and can be killed and rerun.
 set -euo pipefail
 
 recipe_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -173,7 +173,7 @@ dump_features() {
         sslseq feats dump --type "$type" --nj "$nj" --rank JOB --device "${device/auto/cpu}" "${layer_opts[@]}" \
         "data/$set" "$out"
       sslseq feats check --nj "$nj" "$out"
-      mark_done "$out" "$opts"
+      mark_done "$out" "$opts" '*.npy' '*.len' '*.utts' '*.sums' feats.yaml
     fi
   done
 }
@@ -185,7 +185,7 @@ kmeans_targets() {
   opts="k=$k seed=$seed feats=$(marker_id "dump/$feats/$train_set")"
   if stage_todo "$km_dir" "$opts"; then
     sslseq kmeans fit --k "$k" --seed "$seed" --device "$device" "dump/$feats/$train_set" "$km_dir/model.safetensors"
-    mark_done "$km_dir" "$opts"
+    mark_done "$km_dir" "$opts" model.safetensors
   fi
   opts="model=$(marker_id "$km_dir")"
   if stage_todo "$lab_dir" "$opts"; then
@@ -195,10 +195,13 @@ kmeans_targets() {
         "$km_dir/model.safetensors" "dump/$feats/$set" "$lab_dir/$set.km"
       sslseq kmeans label --nj "$nj" --device "$device" "$km_dir/model.safetensors" "dump/$feats/$set" "$lab_dir/$set.km"
     done
-    mark_done "$lab_dir" "$opts"
+    mark_done "$lab_dir" "$opts" '*.km' '*.utts' labels.yaml dict.km.txt
   fi
 }
 
+# What later stages read of a finished training dir (recorded in its marker: a damaged or deleted
+# model redoes the stage; not train_summary.yaml, whose timings differ when a redo resumes).
+model_files="model.safetensors config.yaml"
 # Pretrain with config $1 into $2 on the labels dump/labels/$3 (for HuBERT; the others ignore them).
 pretrain() {
   local config=$1 out=$2 labels=dump/labels/$3 opts config_id
@@ -210,7 +213,7 @@ pretrain() {
       data.train="data/$train_set" data.valid="data/$dev_set" \
       data.labels_train="$labels/$train_set.km" data.labels_valid="$labels/$dev_set.km" \
       $(steps_override "$pretrain_steps") "${tiny_overrides[@]}"
-    mark_done "$out" "$opts"
+    mark_done "$out" "$opts" $model_files
   fi
 }
 all_sets=$(echo "$train_set $dev_set $test_sets" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | tr '\n' ' ')
@@ -308,7 +311,7 @@ if run_stage 6; then
       if stage_todo "$out" "$opts"; then
         train "$out" "$ctc_config" init="$init" seed="$seed" device="$device" \
           data.train="data/$labeled" data.valid="data/$dev_set" $(steps_override "$ctc_steps") "${tiny_overrides[@]}"
-        mark_done "$out" "$opts"
+        mark_done "$out" "$opts" $model_files units.txt
       fi
     done
   done

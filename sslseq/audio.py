@@ -77,6 +77,12 @@ def _wav_truncation(path: str) -> str | None:
     return "truncated WAV: no data chunk before end of file"
 
 
+def _fs_path(path: str) -> bytes:
+    """The file name as bytes: soundfile encodes a str strictly, so a name that is not UTF-8 (read
+    from wav.scp with surrogate escapes, as Python's os functions do) would not open otherwise."""
+    return os.fsencode(path)
+
+
 def _check_file(path: str, where: str) -> None:
     if not os.path.exists(path):
         raise SslseqError(f"{_prefix(where)}audio file not found: {path} (fix the path in wav.scp)")
@@ -100,7 +106,7 @@ def _decode(spec: str, *, allow_pipes: bool, where: str) -> tuple[np.ndarray, in
         what = f"from pipe '{spec}'"
     else:
         _check_file(spec, where)
-        source, what = spec, spec
+        source, what = _fs_path(spec), spec
     try:
         data, sr = sf.read(source, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
@@ -174,7 +180,7 @@ def audio_info(spec: str, *, allow_pipes: bool = False, where: str = "") -> tupl
         return sr, int(data.shape[1]), int(data.shape[0])
     _check_file(spec, where)
     try:
-        info = sf.info(spec)
+        info = sf.info(_fs_path(spec))
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         raise _unreadable(where, spec, e) from None
     if info.frames <= 0:

@@ -119,8 +119,9 @@ def cmd_feats_dump(a: argparse.Namespace) -> None:
 def cmd_feats_check(a: argparse.Namespace) -> None:
     from sslseq.features.store import check_complete
 
-    check_complete(Path(a.feat_dir), nj=a.nj)
-    print(f"{a.feat_dir}: all {a.nj} shard(s) complete")
+    check_complete(Path(a.feat_dir), nj=a.nj, verify=not a.quick)
+    what = "sizes" if a.quick else "sizes and checksums"
+    print(f"{a.feat_dir}: all {a.nj} shard(s) complete ({what} as written)")
 
 
 def cmd_kmeans_fit(a: argparse.Namespace) -> None:
@@ -354,8 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-bad", action="store_true", help="skip unreadable utterances, listing them in bad_utts")
     s.add_argument("data_dir")
     s.add_argument("out_dir")
-    s = verb(feats, "check", cmd_feats_check, "check that all shards of a feature dir are complete")
+    s = verb(feats, "check", cmd_feats_check, "check that all shards of a feature dir are complete, with the sizes "
+             "and SHA-256s recorded when they were written (<rank>_<nj>.sums)")
     s.add_argument("--nj", type=int, required=True)
+    s.add_argument("--quick", action="store_true", help="check file sizes only, not checksums")
     s.add_argument("feat_dir")
 
     # kmeans
@@ -492,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log = get_logger()
+    if hasattr(sys.stdout, "reconfigure"):  # file names that are not UTF-8 print as the bytes they are
+        sys.stdout.reconfigure(errors="surrogateescape")
     try:
         args.fn(args)
     except SslseqError as e:

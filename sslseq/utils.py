@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import sys
@@ -41,9 +42,45 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike, text: str, errors: str = "strict") -> None:
+    """Write ``text`` as UTF-8, atomically (``errors="surrogateescape"`` writes back the undecodable
+    bytes of text read with it, e.g. a file name in wav.scp that is not UTF-8)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", errors=errors)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks): the checksum recorded beside the
+    outputs of a stage (feature shards, label files, models) and checked by their readers."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_record(path: str | os.PathLike) -> dict:
+    """``{"bytes": size, "sha256": hex}`` of a file, as metadata YAMLs record it."""
+    return {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+
+
+def check_file_record(path: str | os.PathLike, record: dict, fix: str, *, checksum: bool = True) -> None:
+    """SslseqError naming ``path`` unless it exists with the recorded size (and, with ``checksum``,
+    the recorded SHA-256); ``fix`` says what to do. A missing or malformed record checks nothing."""
+    path = Path(path)
+    if not isinstance(record, dict):
+        return
+    size = record.get("bytes")
+    if not path.is_file():
+        raise SslseqError(f"{path}: missing (it was written with {size} bytes); {fix}")
+    have = path.stat().st_size
+    if isinstance(size, int) and have != size:
+        cut = "cut short" if have < size else "longer"
+        raise SslseqError(f"{path}: {have} bytes, but {size} were written (the file is {cut} or was replaced); {fix}")
+    want = record.get("sha256")
+    if checksum and isinstance(want, str) and file_sha256(path) != want:
+        raise SslseqError(f"{path}: its SHA-256 differs from the one recorded when it was written (the content "
+                          f"was changed since); {fix}")
 
 
 def get_logger(name: str = "sslseq") -> logging.Logger:

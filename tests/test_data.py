@@ -165,6 +165,67 @@ def test_text_outside_units(tmp_path):
     assert validate_data_dir(d, units=str(units)) == []
 
 
+def test_invalid_utf8_named_with_its_byte_offset(tmp_path):
+    d = make_dir(tmp_path)
+    text = (d / "text").read_bytes()
+    at = text.index(b"WORLD C") + 1
+    (d / "text").write_bytes(text[:at] + b"\xd6" + text[at + 1:])  # latin-1 O-umlaut in WORLD
+    col = at - text.rindex(b"\n", 0, at)
+    p = only_problem(d)  # not "characters not in the unit set"
+    assert p.startswith(f"{d}/text:2: invalid UTF-8: byte 0xD6 at byte offset {at} of the file (byte {col} of the "
+                        "line); data files must be UTF-8"), p
+    with pytest.raises(SslseqError, match=rf"text:2: invalid UTF-8: byte 0xD6 at byte offset {at}"):
+        load_data_dir(d)
+    units = tmp_path / "units.txt"
+    units.write_bytes(b"<blank>\n|\nA\n\xe9\n")
+    with pytest.raises(SslseqError, match=r"units.txt:4: invalid UTF-8: byte 0xE9 at byte offset 12"):
+        CharTokenizer.from_file(units)
+
+
+def test_a_byte_order_mark_is_ignored(tmp_path, caplog):
+    d = make_dir(tmp_path)
+    for name in ("wav.scp", "utt2spk", "text"):
+        (d / name).write_bytes(b"\xef\xbb\xbf" + (d / name).read_bytes())
+    logger = logging.getLogger("sslseq")  # does not propagate to the root logger caplog listens on
+    logger.addHandler(caplog.handler)
+    try:
+        assert validate_data_dir(d) == []  # no "not sorted", no key missing from the other files
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert f"{d / 'wav.scp'} starts with a UTF-8 byte order mark; it is ignored" in caplog.text
+    assert load_data_dir(d).utts[0] == "spk0-utt00"
+
+
+def test_an_utterance_id_with_a_space_is_one_problem(tmp_path):
+    d = make_dir(tmp_path)
+    for name in ("wav.scp", "text", "utt2spk", "spk2utt", "utt2dur"):
+        (d / name).write_text((d / name).read_text().replace("spk1-utt01", "spk1 utt01"))
+    p = only_problem(d)
+    assert p.startswith(f"{d}/wav.scp:3: utterance id 'spk1 utt01' contains a space (after 'spk1') (also on "
+                        "spk2utt:2, text:3, utt2dur:3, utt2spk:3); ids cannot hold whitespace"), p
+    with pytest.raises(SslseqError, match=r"wav.scp:3: utterance id 'spk1 utt01' contains a space") as e:
+        load_data_dir(d)
+    assert "\n" not in str(e.value)
+    with pytest.raises(SslseqError, match=r"utt2dur:3: utterance id 'spk1 utt01' contains a space"):
+        read_kaldi_map(d / "utt2dur")
+
+
+def test_a_wav_file_name_that_is_not_utf8(tmp_path):
+    import os
+
+    d = make_dir(tmp_path)
+    old = wav_path(d, "spk0-utt02")
+    new = os.fsencode(old.parent) + b"/caf\xe9.wav"  # a latin-1 file name
+    os.rename(old, new)
+    scp = (d / "wav.scp").read_bytes().replace(os.fsencode(old), new)
+    (d / "wav.scp").write_bytes(scp)
+    assert validate_data_dir(d) == []
+    dd = load_data_dir(d)
+    assert len(read_audio(dd.wav["spk0-utt02"])) == int(0.5 * SR)
+    subset_by_duration(d, tmp_path / "sub", seconds=10.0 if dd.total_seconds >= 10 else dd.total_seconds)
+    assert new in (tmp_path / "sub" / "wav.scp").read_bytes()  # written back as the same bytes
+
+
 def test_utterance_in_text_not_in_wav_scp(tmp_path):
     d = make_dir(tmp_path)
     (d / "text").write_text((d / "text").read_text() + "spk1-utt09 EXTRA\n")

@@ -29,7 +29,13 @@ PRETRAIN = "exp/pretrain_hubert_cpu_mfcc_k20"
 def bash(script: str, cwd: Path) -> subprocess.CompletedProcess:
     """``script`` in a fresh bash that has sourced tools/common.sh (as recipes/ssl.sh does)."""
     return subprocess.run(["bash", "-c", f"set -euo pipefail; . {COMMON}; {script}"], cwd=cwd,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    # A test run started in the background (`pytest &`, CI wrappers) inherits SIGINT ignored, and
+    # bash cannot trap a signal ignored at its start: give it the default, as a terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def tree(d: Path) -> dict[str, str]:
@@ -327,3 +333,211 @@ def test_recipe_stops_on_bad_audio_or_leaves_it_out_with_skip_bad(tiny_run: Path
     from sslseq.features.store import FeatureStore
 
     assert len(FeatureStore(workdir / "dump/mfcc/train").utts) == 54
+
+
+# ---------------------------------------------------------------- damaged outputs of finished stages (issue 10)
+
+
+def _sslseq(workdir: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(["sslseq", *args], cwd=workdir, capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def _no_logs(d: Path) -> dict[str, str]:
+    return {k: v for k, v in tree(d).items() if not k.startswith("log/")}
+
+
+def test_damaged_feature_shards_are_named_and_stage_2_redoes_them(tiny_run: Path, tmp_path: Path):
+    workdir = _copy(tiny_run, tmp_path / "w", "data", "dump/mfcc")
+    feats = workdir / "dump/mfcc"
+    npy = feats / "train/0_2.npy"
+    size = npy.stat().st_size
+    os.truncate(npy, size // 2)  # truncated
+    (feats / "dev/1_2.npy").unlink()  # deleted
+    changed = feats / "test/0_2.npy"  # the same size, other content
+    changed.write_bytes(changed.read_bytes()[:-4] + b"\x00\x00\xc0\x7f")
+    untouched = {p: p.stat().st_mtime_ns for p in feats.glob("*/1_2.npy") if p.parent.name != "dev"}
+
+    cut = f"dump/mfcc/train/0_2.npy: {size // 2} bytes, but {size} were written (the file is cut short); " \
+          "dump it again: rerun the recipe's stage 2"
+    r = _sslseq(workdir, "feats", "check", "--nj", "2", "dump/mfcc/train")
+    assert r.returncode == 1 and cut in r.stderr and "complete" not in r.stdout, r.stderr
+    r = _sslseq(workdir, "kmeans", "fit", "--k", "20", "--device", "cpu", "dump/mfcc/train", str(tmp_path / "km.st"))
+    assert r.returncode == 1 and cut in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = _sslseq(workdir, "feats", "check", "--nj", "2", "dump/mfcc/test")
+    assert r.returncode == 1 and "dump/mfcc/test/0_2.npy: its SHA-256 differs from the one in 0_2.sums" in r.stderr
+    r = _sslseq(workdir, "feats", "check", "--nj", "2", "dump/mfcc/dev")
+    assert r.returncode == 1 and "dump/mfcc/dev/1_2.npy: missing" in r.stderr
+
+    r = _recipe(workdir, "--stage", "2", "--stop-stage", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    for set_, what in (("train", f"0_2.npy: {size // 2} bytes, {size} when the stage was done"),
+                       ("dev", "1_2.npy: missing"),
+                       ("test", "0_2.npy: changed since the stage was done (another SHA-256)")):
+        assert f"dump/mfcc/{set_}/{what}: dump/mfcc/{set_} is not done after all; redoing it" in r.stderr, \
+            r.stderr[-3000:]
+    for set_ in ("train", "dev", "test"):  # the same shards and markers as before the damage
+        assert _no_logs(feats / set_) == _no_logs(tiny_run / "dump/mfcc" / set_)
+    assert all(p.stat().st_mtime_ns == t for p, t in untouched.items())  # intact shards were not dumped again
+    r = _recipe(workdir, "--stage", "2", "--stop-stage", "2")
+    assert r.returncode == 0 and "not done after all" not in r.stderr and "skip: dump/mfcc/train is done" in r.stderr
+
+
+def _relabel_one(km: Path) -> None:
+    """Another cluster id for one label of ``km``: the same number of labels and the same size."""
+    lines = km.read_text().splitlines(True)
+    ids = lines[0].split()
+    i = next(n for n, t in enumerate(ids) if len(t) == 1)
+    ids[i] = str((int(ids[i]) + 1) % 10)
+    lines[0] = " ".join(ids) + "\n"
+    km.write_text("".join(lines))
+
+
+def test_changed_labels_stop_training_and_stage_3_redoes_them(tiny_run: Path, tmp_path: Path):
+    workdir = _copy(tiny_run, tmp_path / "w", "data", "dump/mfcc", "dump/labels", "exp/kmeans_mfcc_k20", PRETRAIN)
+    km = workdir / "dump/labels/mfcc_k20/train.km"
+    size = km.stat().st_size
+    _relabel_one(km)
+    assert km.stat().st_size == size and km.read_text() != (tiny_run / "dump/labels/mfcc_k20/train.km").read_text()
+    before = tree(workdir / PRETRAIN)
+    # a redo of pretraining (other steps) reads the labels: one named error, the finished model stays
+    r = _recipe(workdir, "--stage", "4", "--stop-stage", "4", "--pretrain-steps", "3")
+    assert r.returncode != 0, r.stderr[-3000:]
+    assert "dump/labels/mfcc_k20/train.km: its SHA-256 differs from the one recorded when it was written (the " \
+           "content was changed since); regenerate the labels ('sslseq kmeans label', recipe stage 3)" in r.stderr, \
+        r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and tree(workdir / PRETRAIN) == before
+    # stage 3 notices its changed output and labels again; the k-means model is kept
+    r = _recipe(workdir, "--stage", "3", "--stop-stage", "3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "dump/labels/mfcc_k20/train.km: changed since the stage was done (another SHA-256): dump/labels/mfcc_k20 " \
+           "is not done after all; redoing it" in r.stderr and "skip: exp/kmeans_mfcc_k20 is done" in r.stderr
+    assert _no_logs(workdir / "dump/labels/mfcc_k20") == _no_logs(tiny_run / "dump/labels/mfcc_k20")
+
+
+def test_a_truncated_model_redoes_its_stage(tiny_run: Path, tmp_path: Path):
+    workdir = _copy(tiny_run, tmp_path / "w", "data", "dump/labels")
+    shutil.copytree(tiny_run / PRETRAIN, workdir / PRETRAIN)  # with its checkpoints: the redo resumes from the last
+    model = workdir / PRETRAIN / "model.safetensors"
+    good = model.read_bytes()
+    os.truncate(model, len(good) // 2)
+    r = _recipe(workdir, "--stage", "4", "--stop-stage", "4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"{PRETRAIN}/model.safetensors: {len(good) // 2} bytes, {len(good)} when the stage was done: {PRETRAIN} " \
+           "is not done after all; redoing it" in r.stderr, r.stderr[-3000:]
+    assert model.read_bytes() == good  # the same model, from the last checkpoint
+    assert (workdir / PRETRAIN / ".done").read_text() == (tiny_run / PRETRAIN / ".done").read_text()  # later stages stay
+    model.unlink()
+    r = _recipe(workdir, "--stage", "4", "--stop-stage", "4")
+    assert r.returncode == 0 and f"{PRETRAIN}/model.safetensors: missing" in r.stderr and model.read_bytes() == good
+
+
+# ---------------------------------------------------------------- data dirs of the tiny recipe, damaged (issue 10 item 9)
+
+
+def _second_line(path: Path) -> tuple[str, int]:
+    """The utterance id of line 2 of ``path`` and the byte offset of that line."""
+    raw = path.read_bytes()
+    start = raw.index(b"\n") + 1
+    return raw[start:].split()[0].decode(), start
+
+
+def test_data_dir_with_invalid_utf8_text(tiny_run: Path, tmp_path: Path):
+    workdir = _copy(tiny_run, tmp_path / "w", "data/dev")
+    text = workdir / "data/dev/text"
+    utt, start = _second_line(text)
+    raw = text.read_bytes()
+    at = start + len(utt) + 2  # the second character of the transcript
+    text.write_bytes(raw[:at] + b"\xc9" + raw[at + 1:])
+    before = tree(workdir / "data")
+    r = _sslseq(workdir, "data", "validate", "--quick", "data/dev")
+    assert r.returncode == 1, r.stderr
+    assert r.stdout.splitlines() == [
+        f"data/dev/text:2: invalid UTF-8: byte 0xC9 at byte offset {at} of the file (byte {at - start + 1} of the "
+        "line); data files must be UTF-8: convert the file (e.g. 'iconv -f latin1 -t utf-8')"], r.stdout
+    assert "data/dev: 1 problem(s) found" in r.stderr and tree(workdir / "data") == before
+
+
+def test_data_dir_with_a_space_in_an_utterance_id(tiny_run: Path, tmp_path: Path):
+    workdir = _copy(tiny_run, tmp_path / "w", "data/dev")
+    d = workdir / "data/dev"
+    utt, _ = _second_line(d / "wav.scp")
+    spaced = f"{utt[:2]} {utt[2:]}"
+    for name in ("wav.scp", "text", "utt2spk", "spk2utt", "utt2dur"):
+        (d / name).write_text(re.sub(rf"(?<!\S){re.escape(utt)}(?!\S)", spaced, (d / name).read_text()))
+    before = tree(workdir / "data")
+    r = _sslseq(workdir, "data", "validate", "--quick", "data/dev")
+    assert r.returncode == 1, r.stderr
+    problems = r.stdout.splitlines()
+    assert len(problems) == 1 and problems[0].startswith(
+        f"data/dev/wav.scp:2: utterance id '{spaced}' contains a space (after '{utt[:2]}') (also on "), problems
+    assert "data/dev: 1 problem(s) found" in r.stderr and tree(workdir / "data") == before
+    r = _sslseq(workdir, "feats", "dump", "--type", "mfcc", "data/dev", "x")  # readers: the same one line
+    assert r.returncode == 1 and f"utterance id '{spaced}' contains a space" in r.stderr and not (workdir / "x").exists()
+
+
+def test_data_dir_with_a_byte_order_mark(tiny_run: Path, tmp_path: Path):
+    workdir = _copy(tiny_run, tmp_path / "w", "data/dev")
+    for name in ("wav.scp", "utt2spk", "text"):
+        f = workdir / "data/dev" / name
+        f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
+    before = tree(workdir / "data")
+    r = _sslseq(workdir, "data", "validate", "--quick", "data/dev")
+    assert r.returncode == 0 and r.stdout.strip() == "data/dev: OK", r.stdout + r.stderr
+    assert "data/dev/wav.scp starts with a UTF-8 byte order mark; it is ignored" in r.stderr
+    assert tree(workdir / "data") == before
+
+
+def test_data_dir_with_a_latin1_wav_file_name(tiny_run: Path, tmp_path: Path):
+    workdir = _copy(tiny_run, tmp_path / "w", "data/dev")
+    scp = workdir / "data/dev/wav.scp"
+    utt, start = _second_line(scp)
+    raw = scp.read_bytes()
+    end = raw.index(b"\n", start)
+    wav = raw[start:end].split()[1]
+    name = os.fsencode(tmp_path) + b"/caf\xe9.wav"  # 'café.wav' in latin-1
+    shutil.copyfile(wav, name)
+    scp.write_bytes(raw[:start] + utt.encode() + b" " + name + raw[end:])
+    r = _sslseq(workdir, "data", "validate", "data/dev")  # reads every sample
+    assert r.returncode == 0 and r.stdout.strip() == "data/dev: OK", r.stdout + r.stderr
+    total = sum(float(line.split()[1]) for line in (workdir / "data/dev/utt2dur").read_text().splitlines())
+    r = _sslseq(workdir, "data", "subset", "--duration", f"{total - 0.005:.3f}s", "data/dev", "data/dev_all")
+    assert r.returncode == 0, r.stderr
+    assert name in (workdir / "data/dev_all/wav.scp").read_bytes()  # written back as the same bytes
+
+
+def test_pretraining_out_dir_spelled_differently_is_the_same_run(tiny_run: Path, tmp_path: Path, monkeypatch):
+    import yaml
+
+    from sslseq.train.config import load_train_config
+    from sslseq.train.trainer import is_finished
+
+    config = ROOT / "recipes/conf/pretrain_hubert_cpu.yaml"
+
+    def overrides(exp: Path, out_dir: str) -> list[str]:
+        """key=value of every setting in ``exp``'s config.yaml but the model: the recipe's run again."""
+        out: list[str] = []
+
+        def walk(d: dict, prefix: str) -> None:
+            for k, v in d.items():
+                if isinstance(v, dict):
+                    walk(v, f"{prefix}{k}.")
+                elif f"{prefix}{k}" not in ("model_config", "out_dir"):
+                    value = yaml.safe_dump(v, default_flow_style=True).removesuffix("...\n").strip()
+                    out.append(f"{prefix}{k}={value}")
+
+        walk({k: v for k, v in yaml.safe_load((exp / "config.yaml").read_text()).items() if k != "model"}, "")
+        return [*out, f"out_dir={out_dir}"]
+
+    monkeypatch.chdir(tiny_run)  # the recipe's paths are relative to its workdir
+    assert is_finished(load_train_config(config, overrides(tiny_run / PRETRAIN, PRETRAIN)))
+    assert is_finished(load_train_config(config, overrides(tiny_run / PRETRAIN, f"./{PRETRAIN}")))
+    assert is_finished(load_train_config(config, overrides(tiny_run / PRETRAIN, str(tiny_run / PRETRAIN))))
+    monkeypatch.undo()
+    # resuming a copy's checkpoints (the recipe's run elsewhere) with out_dir as an absolute path
+    workdir = _copy(tiny_run, tmp_path / "w", "data", "dump/labels")
+    shutil.copytree(tiny_run / PRETRAIN, workdir / PRETRAIN)
+    good = (workdir / PRETRAIN / "model.safetensors").read_bytes()
+    (workdir / PRETRAIN / "model.safetensors").unlink()
+    r = _sslseq(workdir, "train", str(config), *overrides(workdir / PRETRAIN, str(workdir / PRETRAIN)))
+    assert r.returncode == 0 and "another config" not in r.stderr and "resumed from" in r.stderr, r.stderr[-3000:]
+    assert (workdir / PRETRAIN / "model.safetensors").read_bytes() == good

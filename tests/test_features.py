@@ -302,6 +302,49 @@ def test_dump_mfcc_order_values_resume(tmp_path, monkeypatch):
         dump.dump_features(data, out, feat_type="fbank", nj=2)
 
 
+def test_damaged_shards_are_named_and_dumped_again(tmp_path):
+    import hashlib
+
+    from sslseq.features import dump
+    from sslseq.features.store import FeatureStore, check_complete
+
+    data = make_data_dir(tmp_path, {"a-1": 8000, "a-2": 9000, "b-1": 7000, "b-2": 5000})
+    out = tmp_path / "feats"
+    dump.dump_features(data, out, feat_type="mfcc", nj=2)
+    sums = (out / "0_2.sums").read_text().split("\n")[:3]
+    assert [line.split()[2] for line in sums] == ["0_2.utts", "0_2.len", "0_2.npy"]
+    npy = out / "0_2.npy"
+    assert sums[2].split()[:2] == [str(npy.stat().st_size), hashlib.sha256(npy.read_bytes()).hexdigest()]
+    good = npy.read_bytes()
+    check_complete(out, 2, verify=True)
+
+    # truncated: every reader names the file, with the sizes and what to do
+    npy.write_bytes(good[: len(good) // 2])
+    for call in (lambda: FeatureStore(out), lambda: check_complete(out, 2)):
+        with pytest.raises(SslseqError, match=rf"{npy}: {len(good) // 2} bytes, but {len(good)} were written "
+                                              r"\(the file is cut short\); dump it again: rerun the recipe's stage 2"):
+            call()
+    # the same size, other content: only the checksum (feats check) sees it
+    npy.write_bytes(good[:-4] + b"\x00\x00\x80\x7f")
+    assert len(FeatureStore(out)) == 4
+    with pytest.raises(SslseqError, match=rf"{npy}: its SHA-256 differs from the one in 0_2.sums"):
+        check_complete(out, 2, verify=True)
+    # a dump rewrites the damaged shard only
+    stamp = (out / "1_2.npy").stat().st_mtime_ns
+    dump.dump_features(data, out, feat_type="mfcc", nj=2)
+    assert npy.read_bytes() == good and (out / "1_2.npy").stat().st_mtime_ns == stamp
+    check_complete(out, 2, verify=True)
+
+    # a store written before .sums existed still opens; its truncated .npy is found from its header
+    for f in out.glob("*.sums"):
+        f.unlink()
+    assert len(FeatureStore(out)) == 4
+    npy.write_bytes(good[:-100])
+    with pytest.raises(SslseqError, match=rf"{npy}: {len(good) - 100} bytes, but its header \(shape \(\d+, 39\)\) "
+                                          rf"needs {len(good)} \(the file is cut short\)"):
+        FeatureStore(out)
+
+
 def test_dump_bad_utterances(tmp_path):
     from sslseq.features import dump
     from sslseq.features.store import FeatureStore

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 
@@ -173,12 +174,17 @@ def test_fit_and_label_feature_dir(tmp_path):
     want, _ = assign(frames, centroids)
     assert np.array_equal(np.concatenate(labels), want.numpy())
     assert (out.parent / "dict.km.txt").read_text() == "".join(f"{i} 1\n" for i in range(5))
-    assert yaml.safe_load((out.parent / "labels.yaml").read_text()) == {"label_rate": 50.0, "k": 5, "dim": 8}
+    written = yaml.safe_load((out.parent / "labels.yaml").read_text())
+    assert {k: v for k, v in written.items() if k != "files"} == {"label_rate": 50.0, "k": 5, "dim": 8}
+    assert written["files"] == {p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                                for p in (out, out.with_suffix(".utts"))}  # checked by read_labels
     assert lmeta["label_rate"] == 50.0
     check_labels_match(labels, store.utts, store.lengths, out, label_utts=utts)
 
     # a second set with the same model can share the dir; a different k cannot
     label_features(model, feat_dir, out.parent / "valid.km", device="cpu")
+    files = yaml.safe_load((out.parent / "labels.yaml").read_text())["files"]
+    assert sorted(files) == ["train.km", "train.utts", "valid.km", "valid.utts"]  # each set's records kept
     model3 = tmp_path / "km" / "k3.safetensors"
     fit_kmeans_on_features(feat_dir, model3, k=3, seed=0, device="cpu")
     with pytest.raises(SslseqError, match="k=3"):
@@ -222,7 +228,7 @@ def test_sampling_caps_frames_and_fraction(tmp_path):
 def test_check_labels_match_errors():
     labels = [np.zeros(10, np.int64), np.zeros(20, np.int64)]
     check_labels_match(labels, ["a", "b"], [10, 22], "x.km")  # within the +-2 tolerance
-    with pytest.raises(SslseqError, match=r"x\.km: line 2 \(utterance b\) has 20 labels but 23"):
+    with pytest.raises(SslseqError, match=r"x\.km:2: utterance b has 20 labels but 23"):
         check_labels_match(labels, ["a", "b"], [10, 23], "x.km")
     with pytest.raises(SslseqError, match="2 label lines but 3 utterances"):
         check_labels_match(labels, ["a", "b", "c"], [10, 20, 5], "x.km")

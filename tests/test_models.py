@@ -251,6 +251,29 @@ def test_ctc_freeze_schedule():
     assert all(p.grad is None for p in model.encoder.feature_extractor.parameters())
 
 
+def test_ctc_upsample_splits_each_frame_in_time():
+    torch.manual_seed(0)
+    base = build_model(ctc_cfg()).eval()
+    up = build_model(ctc_cfg(upsample=2)).eval()
+    up.encoder.load_state_dict(base.encoder.state_dict())
+    b = ctc_batch()
+    lp1, lens1 = base.log_probs(b["wav"], b["wav_lens"])
+    lp2, lens2 = up.log_probs(b["wav"], b["wav_lens"])
+    assert up.frame_rate == 2 * base.frame_rate
+    assert torch.equal(lens2, 2 * lens1) and lp2.shape[1] == 2 * lp1.shape[1]
+    # output 2t+j of frame t is the softmax of rows j*V .. (j+1)*V-1 of the head
+    with torch.no_grad():
+        h = up.encoder(b["wav"], b["wav_lens"], mask=False).x
+        V = up.cfg.vocab_size
+        for j in range(2):
+            ref = F.log_softmax(F.linear(h, up.proj.weight[j * V:(j + 1) * V], up.proj.bias[j * V:(j + 1) * V]).float(), -1)
+            assert torch.allclose(lp2[:, j::2], ref, atol=1e-5)
+    out = up.train()(b)
+    assert torch.isfinite(out.loss)
+    with pytest.raises(SslseqError, match="upsample"):
+        build_model(ctc_cfg(upsample=0))
+
+
 def test_ctc_invalid_targets():
     model = build_model(ctc_cfg())
     b = ctc_batch()

@@ -209,6 +209,24 @@ def test_kill_and_resume_is_exact(tmp_path, tones):
         Trainer(_cfg(tmp_path, tones, "killed", *over, "optim.lr=0.5"), model=FrameClassifier()).fit()
 
 
+def test_resume_with_out_dir_spelled_differently(tmp_path, tones, monkeypatch):
+    from sslseq.train.trainer import is_finished
+
+    monkeypatch.chdir(tmp_path)
+    over = ("optim.max_steps=8", "save_interval=4", "valid_interval=0")
+    Trainer(_cfg(tmp_path, tones, "run", *over), model=FrameClassifier()).fit(stop_at_step=5)  # absolute out_dir
+    model = FrameClassifier(seed=1)
+    Trainer(_cfg(tmp_path, tones, "run", *over, "out_dir=./run"), model=model).fit()  # the same dir, relative
+    assert model.updates == list(range(4, 8))  # resumed, not refused as "another config"
+    for spelling in ("run", "run/../run/", str(tmp_path / "run")):
+        assert is_finished(_cfg(tmp_path, tones, "run", *over, f"out_dir={spelling}"))
+    assert not is_finished(_cfg(tmp_path, tones, "run", *over, "out_dir=run", "optim.lr=0.5"))
+    (tmp_path / "run" / "model.safetensors").unlink()
+    with pytest.raises(SslseqError, match=r"another config \(differs in: optim\.lr\)"):  # not out_dir
+        Trainer(_cfg(tmp_path, tones, "run", *over, "optim.lr=0.5", "out_dir=../" + tmp_path.name + "/run"),
+                model=FrameClassifier()).fit()
+
+
 def test_checkpoint_files_load_without_code(tmp_path):
     m = FrameClassifier()
     np.random.seed(3)

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import yaml
 
-from sslseq.data.labels import LABELS_DICT, LABELS_META
-from sslseq.utils import SslseqError, atomic_path, atomic_write_text, get_logger, progress
+from sslseq.data.labels import LABELS_DICT, LABELS_FILES, LABELS_META
+from sslseq.utils import SslseqError, atomic_path, atomic_write_text, file_record, get_logger, progress
 
 log = get_logger("sslseq.cluster.kmeans")
 
@@ -807,7 +807,8 @@ def label_features(
     Without ``rank``, every missing or stale part is labelled here, then the parts are joined
     into ``out_path`` (one line of space-separated cluster ids per utterance, data-dir
     order) beside ``<set>.utts`` (the utterance ids, same order), ``dict.km.txt`` (fairseq
-    dictionary) and ``labels.yaml`` (label_rate, k, dim), all written atomically, and the
+    dictionary) and ``labels.yaml`` (label_rate, k, dim, and the size and SHA-256 of each set's
+    ``.km`` and ``.utts`` under ``files``), all written atomically, and the
     parts are removed. A part starts with a header line holding a fingerprint of the model,
     the feature dir and the split, so parts of another run are never joined.
     """
@@ -831,6 +832,7 @@ def label_features(
         log.warning("%s was fitted on %g Hz features but %s is %g Hz", model_path, meta["frame_rate"], feat_dir, label_rate)
     labels_meta = {"label_rate": float(label_rate), "k": int(k), "dim": int(dim)}
     meta_path = out_path.parent / LABELS_META
+    old: dict = {}
     if meta_path.is_file():
         old = yaml.safe_load(meta_path.read_text()) or {}
         if float(old.get("label_rate", -1)) != labels_meta["label_rate"] or int(old.get("k", -1)) != k:
@@ -886,6 +888,11 @@ def label_features(
     utts_path = out_path.with_suffix(".utts")
     atomic_write_text(utts_path, "".join(f"{u}\n" for u in store.utts))
     atomic_write_text(out_path.parent / DICT_NAME, "".join(f"{i} 1\n" for i in range(k)))
+    # The size and checksum of each set's files (other sets' entries kept), checked by their readers.
+    kept = old.get(LABELS_FILES) if isinstance(old.get(LABELS_FILES), dict) else {}
+    files = {n: r for n, r in kept.items() if n not in (out_path.name, utts_path.name)}
+    files.update({p.name: file_record(p) for p in (out_path, utts_path)})
+    labels_meta[LABELS_FILES] = dict(sorted(files.items()))
     atomic_write_text(meta_path, yaml.safe_dump(labels_meta, sort_keys=False))
     for path in part_of.values():
         path.unlink(missing_ok=True)

@@ -110,6 +110,8 @@ def export_hf(exp_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite:
     enc_state = {k: v for k, v in enc.state_dict().items() if keep_mask_emb or k != "mask_emb"}
     vocab = None
     if isinstance(model, CTCModel):
+        if model.cfg.upsample != 1:
+            raise SslseqError(f"{exp_dir}: HubertForCTC has one output per frame; this CTC model has upsample={model.cfg.upsample}")
         cfg["architectures"] = ["HubertForCTC"]
         state = encoder_state_to_hf(enc_state, prefix="hubert.")
         state["lm_head.weight"] = model.proj.weight.detach().contiguous().clone()

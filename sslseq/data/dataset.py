@@ -22,7 +22,6 @@ from sslseq.utils import SslseqError, get_logger
 log = get_logger(__name__)
 
 CROP_GRID = 320  # samples: one 50 Hz frame, two 100 Hz frames at 16 kHz
-LABEL_TOLERANCE = 2  # frames; label count vs the count the audio length implies
 
 
 def expected_frames(num_samples: int, frame_rate: float, sample_rate: int = 16000) -> int:
@@ -112,7 +111,7 @@ class SpeechDataset(torch.utils.data.Dataset):
 
     # ------------------------------------------------------------ loading
     def _read_labels(self, data) -> list[np.ndarray]:
-        from sslseq.data.labels import LABELS_DICT, read_labels
+        from sslseq.data.labels import LABELS_DICT, check_labels_match, read_labels
 
         km = self.labels_path
         utts, labels, meta = read_labels(km)
@@ -126,35 +125,13 @@ class SpeechDataset(torch.utils.data.Dataset):
             )
         self.label_rate = float(meta["label_rate"])
         self.num_classes = int(meta["k"])
-        if utts is not None and list(utts) != list(data.utts):
-            for no, (a, b) in enumerate(zip(utts, data.utts), 1):
-                if a != b:
-                    raise SslseqError(
-                        f"{km}:{no}: labels are for utterance '{a}' but line {no} of {self.data_dir} is '{b}'; "
-                        "the labels were made for another data dir: re-run k-means labeling (stage 3)"
-                    )
-        if len(labels) != len(data.utts):
-            raise SslseqError(
-                f"{km}: {len(labels)} label lines but {self.data_dir} has {len(data.utts)} utterances; "
-                "the labels were made for another data dir: re-run k-means labeling (stage 3)"
-            )
-        bad = []
-        for no, (utt, lab) in enumerate(zip(data.utts, labels), 1):
-            n = int(round(data.utt2dur[utt] * self.sample_rate))
-            want = expected_frames(n, self.label_rate, self.sample_rate)
-            if abs(len(lab) - want) > LABEL_TOLERANCE:
-                bad.append(
-                    f"{km}:{no}: utterance {utt}: {len(lab)} labels, but its {data.utt2dur[utt]:.3f} s of audio "
-                    f"give {want} frames at {self.label_rate:g} Hz (tolerance {LABEL_TOLERANCE})"
-                )
-            if len(lab) and (lab.min() < 0 or lab.max() >= self.num_classes):
-                bad.append(f"{km}:{no}: utterance {utt}: label outside 0..{self.num_classes - 1} (k in labels.yaml)")
-        if bad:
-            shown = "\n  ".join(bad[:5]) + (f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else "")
-            raise SslseqError(
-                f"{km}: labels do not match the audio of {self.data_dir}:\n  {shown}\n"
-                "the labels were computed from other audio or features: re-run features and labeling (stages 2-3)"
-            )
+        check_labels_match(
+            labels, data.utts,
+            [expected_frames(int(round(data.utt2dur[u] * self.sample_rate)), self.label_rate, self.sample_rate)
+             for u in data.utts],
+            km, label_utts=utts, num_classes=self.num_classes, seconds=[data.utt2dur[u] for u in data.utts],
+            label_rate=self.label_rate, data=self.data_dir,
+        )  # fmt: skip
         return [np.asarray(lab, dtype=np.int64) for lab in labels]
 
     def _tokenize(self, data) -> None:

@@ -31,32 +31,159 @@ def c_sorted(keys) -> list[str]:
     return sorted(keys, key=c_key)
 
 
-def _parse_map(path: Path) -> tuple[list[tuple[str, str, int]], list[str]]:
-    """(key, value, line_no) entries and problem lines; never raises on content."""
-    entries: list[tuple[str, str, int]] = []
+BOM = "\ufeff"  # a UTF-8 byte order mark (some editors write one): not part of the first key
+
+
+def _invalid_utf8(raw: bytes) -> int | None:
+    """Byte offset in ``raw`` of its first byte that is not valid UTF-8 (None: all valid)."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start
+    return None
+
+
+def _read_lines(
+    path: Path, *, bytes_values: bool = False, warn: bool = True
+) -> tuple[list[tuple[int, str]], list[str]]:
+    """(line_no, text) of each line (newline stripped; bytes that are not UTF-8 surrogate-escaped,
+    so that they round-trip) and the problems: invalid UTF-8, named by line and byte offset, unless
+    ``bytes_values`` (wav.scp: a file name need not be UTF-8, only the key must). A UTF-8 BOM at
+    the start of the file is dropped with a warning."""
+    lines: list[tuple[int, str]] = []
     problems: list[str] = []
+    offset = 0  # of the line in the file, in bytes
+    with open(path, "rb") as f:
+        for no, raw in enumerate(f, 1):
+            start = 0
+            if no == 1 and raw.startswith(BOM.encode()):
+                if warn:
+                    log.warning("%s starts with a UTF-8 byte order mark; it is ignored (Kaldi's tools do not ignore it: "
+                                "remove it, e.g. sed -i '1s/^\\xEF\\xBB\\xBF//' %s)", path, path)
+                start = len(BOM.encode())
+            body = raw[start:].rstrip(b"\r\n")
+            bad = _invalid_utf8(body)
+            if bad is not None and bytes_values:  # only the key must be UTF-8
+                key_end = len(body.split(maxsplit=1)[0]) if body.split() else 0
+                key_start = len(body) - len(body.lstrip())
+                bad = bad if bad < key_start + key_end else None
+            if bad is not None:
+                at = start + bad
+                problems.append(
+                    f"{path}:{no}: invalid UTF-8: byte 0x{raw[at]:02X} at byte offset {offset + at} of the file "
+                    f"(byte {at + 1} of the line); data files must be UTF-8: convert the file "
+                    "(e.g. 'iconv -f latin1 -t utf-8')"
+                )
+            lines.append((no, body.decode("utf-8", "surrogateescape")))
+            offset += len(raw)
+    return lines, problems
+
+
+def _has_escapes(s: str) -> bool:
+    """Whether ``s`` holds bytes that were not UTF-8 (surrogate-escaped by _read_lines)."""
+    return any("\udc80" <= c <= "\udcff" for c in s)
+
+
+def _tokens_start(tokens: list[str], ids: dict[str, list[str]]) -> str | None:
+    """The id of ``ids`` (id -> its whitespace-separated parts) that ``tokens`` start with."""
+    for spaced, parts in ids.items():
+        if tokens[: len(parts)] == parts:
+            return spaced
+    return None
+
+
+def _spaced_ids(path: Path, only: str | None = None) -> dict[str, list[str]]:
+    """Utterance ids that hold whitespace (``spk1 utt01``), each split at it, as found in the data
+    dir's fixed-format files: a utt2dur line of more than two fields ending in a number, or a
+    utt2spk line of more than two fields whose leading fields also start a two-field-longer
+    wav.scp line. Kaldi splits a line at its first whitespace, so such an id would otherwise be
+    reported as unrelated problems of every file; it is one problem (``_parse_map``). ``only``:
+    read that one file of the dir, no other."""
+    def fields(name: str) -> list[list[str]]:
+        f = path / name
+        if (only is not None and name != only) or not f.is_file():
+            return []
+        return [text.split() for _, text in _read_lines(f, bytes_values=True, warn=False)[0]]
+
+    found: dict[str, list[str]] = {}
+    for tokens in fields("utt2dur"):
+        if len(tokens) > 2:
+            try:
+                float(tokens[-1])
+            except ValueError:
+                continue
+            found[" ".join(tokens[:-1])] = tokens[:-1]
+    wav_heads = {" ".join(t[:-1]) for t in fields("wav.scp") if len(t) > 2 and not t[-1].endswith("|")}
+    for tokens in fields("utt2spk"):
+        if len(tokens) > 2 and " ".join(tokens[:-1]) in wav_heads:
+            found.setdefault(" ".join(tokens[:-1]), tokens[:-1])
+    return found
+
+
+def _parse_map(
+    path: Path, spaced: dict[str, list[str]] | None = None, seen: dict[str, list[str]] | None = None
+) -> tuple[list[tuple[str, str, int]], list[str]]:
+    """(key, value, line_no) entries and problem lines; never raises on content.
+
+    Lines of the ids in ``spaced`` (``_spaced_ids``) are left out, and in spk2utt those ids are
+    left out of the lists; where each was met goes into ``seen`` (id -> ['file:line', ...])."""
+    entries: list[tuple[str, str, int]] = []
     first_line: dict[str, int] = {}
     prev: str | None = None
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        for no, raw in enumerate(f, 1):
-            line = raw.rstrip("\r\n")
-            parts = line.strip().split(maxsplit=1)
-            if not parts:
-                problems.append(f"{path}:{no}: empty line; remove it")
-                continue
-            key, value = parts[0], (parts[1].strip() if len(parts) > 1 else "")
-            if not value:
-                problems.append(f"{path}:{no}: {key}: has no value (expected '<key> <value>')")
-                continue
-            if key in first_line:
-                problems.append(f"{path}:{no}: {key}: duplicate key (first on line {first_line[key]}); remove one")
-                continue
-            if prev is not None and c_key(key) < c_key(prev):
-                problems.append(f"{path}:{no}: {key}: not sorted (comes after '{prev}'); sort the file with 'LC_ALL=C sort'")
-            first_line[key] = no
-            prev = key
-            entries.append((key, value, no))
+    spaced = spaced or {}
+    lines, problems = _read_lines(path, bytes_values=path.name == "wav.scp")
+    for no, line in lines:
+        parts = line.strip().split(maxsplit=1)
+        if not parts:
+            problems.append(f"{path}:{no}: empty line; remove it")
+            continue
+        tokens = line.split()
+        hit = _tokens_start(tokens, spaced) if spaced and path.name != "spk2utt" else None
+        if hit is not None:
+            if seen is not None:
+                seen.setdefault(hit, []).append(f"{path}:{no}")
+            continue
+        key, value = parts[0], (parts[1].strip() if len(parts) > 1 else "")
+        if spaced and path.name == "spk2utt":
+            kept, i = [], 1
+            while i < len(tokens):
+                hit = _tokens_start(tokens[i:], spaced)
+                if hit is None:
+                    kept.append(tokens[i])
+                    i += 1
+                    continue
+                if seen is not None:
+                    seen.setdefault(hit, []).append(f"{path}:{no}")
+                i += len(spaced[hit])
+            value = " ".join(kept)
+        if not value:
+            problems.append(f"{path}:{no}: {key}: has no value (expected '<key> <value>')")
+            continue
+        if key in first_line:
+            problems.append(f"{path}:{no}: {key}: duplicate key (first on line {first_line[key]}); remove one")
+            continue
+        if prev is not None and c_key(key) < c_key(prev):
+            problems.append(f"{path}:{no}: {key}: not sorted (comes after '{prev}'); sort the file with 'LC_ALL=C sort'")
+        first_line[key] = no
+        prev = key
+        entries.append((key, value, no))
     return entries, problems
+
+
+def _spaced_problems(spaced: dict[str, list[str]], seen: dict[str, list[str]]) -> list[str]:
+    """One problem per utterance id with whitespace, at its first line (wav.scp's if it has one)."""
+    out = []
+    for spaced_id, parts in spaced.items():
+        where = sorted(seen.get(spaced_id, []), key=lambda w: (not w.rsplit(":", 1)[0].endswith("wav.scp"), w))
+        if not where:
+            continue
+        also = f" (also on {', '.join(Path(w).name for w in where[1:])})" if len(where) > 1 else ""
+        out.append(
+            f"{where[0]}: utterance id '{spaced_id}' contains a space (after '{parts[0]}'){also}; ids cannot "
+            "hold whitespace (Kaldi splits each line at the first one): replace it, e.g. by '-', in every file of "
+            "the data dir"
+        )
+    return out
 
 
 def _raise_problems(problems: list[str]) -> None:
@@ -65,15 +192,23 @@ def _raise_problems(problems: list[str]) -> None:
     raise SslseqError("\n".join(shown) + more)
 
 
-def read_kaldi_map(path: str | os.PathLike, *, allow_missing: bool = False) -> dict[str, tuple[str, int]]:
-    """``key -> (value, line_no)``; malformed lines and duplicate keys are errors (order is not checked)."""
+def read_kaldi_map(
+    path: str | os.PathLike, *, allow_missing: bool = False, spaced: dict[str, list[str]] | None = None
+) -> dict[str, tuple[str, int]]:
+    """``key -> (value, line_no)``; malformed lines, duplicate keys and invalid UTF-8 (except in
+    wav.scp's file names) are errors (order is not checked). An utterance id with whitespace is
+    one error naming it; ``spaced``: such ids (``_spaced_ids``), by default those the file shows by
+    itself (utt2dur's, whose value is one number; no other file is read)."""
     path = Path(path)
     if not path.is_file():
         if allow_missing:
             return {}
         raise SslseqError(f"{path}: file not found")
-    entries, problems = _parse_map(path)
-    problems = [p for p in problems if ": not sorted" not in p]
+    if spaced is None:
+        spaced = _spaced_ids(path.parent, only="utt2dur") if path.name == "utt2dur" else {}
+    seen: dict[str, list[str]] = {}
+    entries, problems = _parse_map(path, spaced, seen)
+    problems = _spaced_problems(spaced, seen) + [p for p in problems if ": not sorted" not in p]
     if problems:
         _raise_problems(problems)
     return {k: (v, no) for k, v, no in entries}
@@ -126,6 +261,13 @@ def load_data_dir(path: str | os.PathLike) -> DataDir:
     if not path.is_dir():
         raise SslseqError(f"{path}: data dir not found")
     maps = {}
+    spaced = _spaced_ids(path)
+    if spaced:  # one error per such id, naming each line it is on
+        seen: dict[str, list[str]] = {}
+        for name in ("wav.scp", "text", "utt2spk", "spk2utt", "utt2dur"):
+            if (path / name).is_file():
+                _parse_map(path / name, spaced, seen)
+        _raise_problems(_spaced_problems(spaced, seen))
     for name in ("wav.scp", "utt2spk", "utt2dur"):
         f = path / name
         if not f.is_file():
@@ -136,8 +278,8 @@ def load_data_dir(path: str | os.PathLike) -> DataDir:
                 "then check the dir with 'sslseq data validate'",
             }[name]
             raise SslseqError(f"{f}: required file missing; {hint}")
-        maps[name] = read_kaldi_map(f)
-    text_map = read_kaldi_map(path / "text", allow_missing=True)
+        maps[name] = read_kaldi_map(f, spaced={})
+    text_map = read_kaldi_map(path / "text", allow_missing=True, spaced={})
     wav_name = str(path / "wav.scp")
     problems: list[str] = []
     for name, m in (("utt2spk", maps["utt2spk"]), ("utt2dur", maps["utt2dur"])):
@@ -186,14 +328,15 @@ def write_data_dir(
     for u in c_sorted(utt2spk):
         spk2utt.setdefault(utt2spk[u], []).append(u)
     path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path / "wav.scp", _lines(wav))
+    raw = "surrogateescape"  # file names that are not UTF-8 are written back as the bytes they were
+    atomic_write_text(path / "wav.scp", _lines(wav), errors=raw)
     if text:
-        atomic_write_text(path / "text", _lines(text))
+        atomic_write_text(path / "text", _lines(text), errors=raw)
     elif (path / "text").exists():
         (path / "text").unlink()  # a stale transcript file would disagree with wav.scp
-    atomic_write_text(path / "utt2spk", _lines(utt2spk))
-    atomic_write_text(path / "spk2utt", _lines({s: " ".join(us) for s, us in spk2utt.items()}))
-    atomic_write_text(path / "utt2dur", _lines({u: f"{float(d):.3f}" for u, d in utt2dur.items()}))
+    atomic_write_text(path / "utt2spk", _lines(utt2spk), errors=raw)
+    atomic_write_text(path / "spk2utt", _lines({s: " ".join(us) for s, us in spk2utt.items()}), errors=raw)
+    atomic_write_text(path / "utt2dur", _lines({u: f"{float(d):.3f}" for u, d in utt2dur.items()}), errors=raw)
 
 
 def write_utterances(path: Path, d: DataDir, keep) -> None:
@@ -217,13 +360,13 @@ def _load_tokenizer(units: str | os.PathLike | CharTokenizer | None) -> CharToke
 
 
 def _read_for_validation(
-    path: Path, required: bool, problems: list[str]
+    path: Path, required: bool, problems: list[str], spaced: dict[str, list[str]], seen: dict[str, list[str]]
 ) -> list[tuple[str, str, int]] | None:
     if not path.is_file():
         if required:
             problems.append(f"{path}: required file missing")
         return None
-    entries, p = _parse_map(path)
+    entries, p = _parse_map(path, spaced, seen)
     problems.extend(p)
     return entries
 
@@ -267,10 +410,12 @@ def check_data_dir(
         return Validation([f"{path}: data dir not found"], {})
     tok = _load_tokenizer(units)
     problems: list[str] = []
+    spaced, seen = _spaced_ids(path), {}
     files = {
-        name: _read_for_validation(path / name, name != "text", problems)
+        name: _read_for_validation(path / name, name != "text", problems, spaced, seen)
         for name in ("wav.scp", "text", "utt2spk", "spk2utt", "utt2dur")
     }
+    problems[:0] = _spaced_problems(spaced, seen)
     maps = {name: {k: (v, no) for k, v, no in e} for name, e in files.items() if e is not None}
     wav = maps.get("wav.scp")
     wav_name = str(path / "wav.scp")
@@ -287,6 +432,8 @@ def check_data_dir(
         problems += p
     if "text" in maps:
         for utt, (value, no) in maps["text"].items():
+            if _has_escapes(value):
+                continue  # invalid UTF-8: a problem of its own (_read_lines)
             bad = tok.check_text(value)
             if bad:
                 shown = ", ".join(repr(c) for c in bad)
@@ -317,14 +464,15 @@ def drop_utterances(path: str | os.PathLike, bad: dict[str, str]) -> int:
     if not keep:
         raise SslseqError(f"{path}: every utterance has bad audio (e.g. {next(iter(bad.values()))}); nothing would be left")
     old_bad = path / BAD_UTTS
-    listed = old_bad.read_text(encoding="utf-8") if old_bad.is_file() else ""
+    listed = old_bad.read_text(encoding="utf-8", errors="surrogateescape") if old_bad.is_file() else ""
     tmp = path.parent / f".{path.name}.fixing"
     old = path.parent / f".{path.name}.old"
     for t in (tmp, old):
         if t.exists():
             shutil.rmtree(t)
     write_utterances(tmp, d, keep)
-    atomic_write_text(tmp / BAD_UTTS, listed + "".join(f"{u}\t{bad[u]}\n" for u in c_sorted(bad) if u in d.wav))
+    atomic_write_text(tmp / BAD_UTTS, listed + "".join(f"{u}\t{bad[u]}\n" for u in c_sorted(bad) if u in d.wav),
+                      errors="surrogateescape")
     os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old)

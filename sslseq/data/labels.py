@@ -1,5 +1,9 @@
 """The label dir format (``<set>.km`` + ``.utts``, ``labels.yaml``, fairseq's ``dict.km.txt``):
-reading label files and checking them against features. Written by ``sslseq.cluster.kmeans``."""
+reading label files and checking them against features or audio. Written by ``sslseq.cluster.kmeans``.
+
+``labels.yaml`` holds ``label_rate`` (Hz), ``k`` and ``dim``, and under ``files`` the size and
+SHA-256 of each set's ``.km`` and ``.utts`` as written; ``read_labels`` checks them, so a label
+file changed afterwards (even with the same number of lines) is an error, not training data."""
 
 from __future__ import annotations
 
@@ -8,10 +12,12 @@ from typing import Sequence
 
 import numpy as np
 
-from sslseq.utils import SslseqError, read_yaml_mapping
+from sslseq.utils import SslseqError, check_file_record, read_yaml_mapping
 
 LABELS_META = "labels.yaml"
 LABELS_DICT = "dict.km.txt"  # fairseq's dictionary: one line per cluster
+LABELS_FILES = "files"  # labels.yaml: file name -> {bytes, sha256} as written
+RELABEL = "rerun 'sslseq kmeans label' (recipe stage 3)"
 # fairseq's HuBERT dataset allows labels and frames to differ by this many (padding/rounding).
 LENGTH_TOLERANCE = 2
 
@@ -22,6 +28,15 @@ def read_labels(km_path: Path) -> tuple[list[str] | None, list[np.ndarray], dict
     km_path = Path(km_path)
     if not km_path.is_file():
         raise SslseqError(f"label file {km_path} not found; run 'sslseq kmeans label' first")
+    utts_path = km_path.with_suffix(".utts")
+    meta_path = km_path.parent / LABELS_META
+    fix = "regenerate the labels ('sslseq kmeans label', recipe stage 3)"
+    meta = read_yaml_mapping(meta_path, fix) if meta_path.is_file() else {}
+    files = meta.get(LABELS_FILES)
+    if isinstance(files, dict):  # labels of other tools, or of older sslseq, have no records
+        for path in (km_path, utts_path):
+            if path.name in files:
+                check_file_record(path, files[path.name], f"{fix}; {meta_path} records the files as written")
     labels: list[np.ndarray] = []
     with open(km_path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -32,16 +47,12 @@ def read_labels(km_path: Path) -> tuple[list[str] | None, list[np.ndarray], dict
                     f"{km_path}:{lineno}: expected space-separated integer cluster ids, got {line[:60].strip()!r}; "
                     "regenerate the labels"
                 ) from None
-    utts_path = km_path.with_suffix(".utts")
     utts = utts_path.read_text(encoding="utf-8").split() if utts_path.is_file() else None
     if utts is not None and len(utts) != len(labels):
         raise SslseqError(
             f"{utts_path} lists {len(utts)} utterances but {km_path} has {len(labels)} lines; "
             "they were written by different runs: regenerate the labels"
         )
-    meta_path = km_path.parent / LABELS_META
-    fix = "regenerate the labels ('sslseq kmeans label', recipe stage 3)"
-    meta = read_yaml_mapping(meta_path, fix) if meta_path.is_file() else {}
     k = meta.get("k")
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise SslseqError(f"{meta_path}: 'k: {k!r}' is not a number of clusters; {fix}")
@@ -71,28 +82,45 @@ def check_labels_match(
     *,
     label_utts: Sequence[str] | None = None,
     tolerance: int = LENGTH_TOLERANCE,
+    num_classes: int | None = None,
+    seconds: Sequence[float] | None = None,
+    label_rate: float | None = None,
+    data: str | Path | None = None,
 ) -> None:
     """Raise SslseqError unless there is one label line per expected utterance and each has
-    ``frame_counts[i]`` labels (within ``tolerance``). ``utts`` are the expected utterance
-    ids (used in messages); ``label_utts``, when given (from ``<set>.utts``), must equal them."""
+    ``frame_counts[i]`` labels (within ``tolerance``), and (with ``num_classes``) every id is in
+    0..num_classes-1. ``utts`` are the expected utterance ids (used in messages); ``label_utts``,
+    when given (from ``<set>.utts``), must equal them. The checks of ``kmeans label`` output
+    against features and of a training set's labels against its audio (``seconds`` and
+    ``label_rate``, to say where the frame counts come from; ``data``: the data dir, named in
+    messages)."""
     if len(utts) != len(frame_counts):
         raise ValueError(f"{len(utts)} utterance ids but {len(frame_counts)} frame counts")
     if len(labels) != len(frame_counts):
+        expected = f"{data} has {len(frame_counts)} utterances" if data is not None else \
+            f"{len(frame_counts)} utterances expected"
         raise SslseqError(
-            f"{where}: {len(labels)} label lines but {len(frame_counts)} utterances expected; "
-            "the labels were made for another data dir: rerun 'sslseq kmeans label'"
+            f"{where}: {len(labels)} label lines but {expected}; the labels were made for another data dir: {RELABEL}"
         )
     if label_utts is not None:
         for i, (a, b) in enumerate(zip(label_utts, utts)):
             if a != b:
                 raise SslseqError(
-                    f"{where}: line {i + 1} is labelled for utterance {a!r} but the data has {b!r} there; "
-                    "the labels are for another data dir or order: rerun 'sslseq kmeans label'"
+                    f"{where}:{i + 1}: line {i + 1} is labelled for utterance {a!r} but "
+                    f"{'line %d of %s' % (i + 1, data) if data is not None else 'the data'} has {b!r} there; "
+                    f"the labels are for another data dir or order: {RELABEL}"
                 )
     for i, (lab, n, utt) in enumerate(zip(labels, frame_counts, utts)):
         if abs(len(lab) - int(n)) > tolerance:
+            source = f" from its {seconds[i]:.3f} s of audio at {label_rate:g} Hz" if seconds is not None else ""
             raise SslseqError(
-                f"{where}: line {i + 1} (utterance {utt}) has {len(lab)} labels but {int(n)} frames are expected "
-                f"(tolerance {tolerance}); the labels were made from other features or another label rate: "
-                "relabel with features of the right frame rate"
+                f"{where}:{i + 1}: utterance {utt} has {len(lab)} labels but {int(n)} frames are expected{source} "
+                f"(tolerance {tolerance}); the labels were made from other audio or features, or at another label "
+                "rate: redo the features and labels (recipe stages 2-3) with the right frame rate"
+            )
+        if num_classes is not None and len(lab) and (lab.min() < 0 or lab.max() >= num_classes):
+            bad = int(lab.max() if lab.max() >= num_classes else lab.min())
+            raise SslseqError(
+                f"{where}:{i + 1}: utterance {utt}: cluster id {bad} is outside 0..{num_classes - 1} "
+                f"(k in labels.yaml or dict.km.txt); {RELABEL}"
             )

@@ -66,8 +66,17 @@ class CharTokenizer:
         path = Path(path)
         if not path.is_file():
             raise SslseqError(f"{path}: units file not found (one unit per line, first '{BLANK}')")
+        raw = path.read_bytes()
+        bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0  # a UTF-8 byte order mark is not a unit
+        try:
+            text = raw[bom:].decode("utf-8")
+        except UnicodeDecodeError as e:
+            at = bom + e.start
+            no = raw[:at].count(b"\n") + 1
+            raise SslseqError(f"{path}:{no}: invalid UTF-8: byte 0x{raw[at]:02X} at byte offset {at} of the "
+                              "file; a units file must be UTF-8: convert it (e.g. 'iconv -f latin1 -t utf-8')") from None
         units = []
-        for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for no, line in enumerate(text.splitlines(), 1):
             unit = line.strip()
             if not unit:
                 raise SslseqError(f"{path}:{no}: empty line in units file; remove it")

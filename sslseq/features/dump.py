@@ -3,7 +3,8 @@
 Each shard ``<rank>_<nj>`` covers a contiguous block of the data dir's sorted utterances.
 Within a shard, utterances are batched by length (sorted by duration, about
 ``batch_seconds`` of padded audio per batch) for the batched torch extractors, and written
-in data-dir order. A complete shard is skipped, so a killed dump resumes where it stopped.
+in data-dir order. A complete shard is skipped (after checking its files' sizes and checksums:
+a damaged one is dumped again), so a killed dump resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -188,10 +189,15 @@ def dump_features(
     ex = _make_extractor(feat_type, _resolve_device(device), checkpoint, layer)
     _check_existing_meta(out_dir, ex, nj)
     ranks = list(range(nj)) if rank is None else [rank]
-    todo = [r for r in ranks if not store.shard_complete(out_dir, r, nj)]
-    for r in ranks:
-        if r not in todo:
+    todo = []
+    for r in ranks:  # a finished shard is skipped once its files are checked (sizes and checksums)
+        problem = store.shard_problem(out_dir, r, nj, checksum=True)
+        if problem is None:
             log.info("%s: shard %s already complete, skipping", out_dir, store.shard_name(r, nj))
+            continue
+        todo.append(r)
+        if any((out_dir / f"{store.shard_name(r, nj)}.{ext}").exists() for ext in store.SHARD_FILES):
+            log.warning("%s; dumping shard %s again", problem, store.shard_name(r, nj))
     out_dir.mkdir(parents=True, exist_ok=True)
     store.write_meta(
         out_dir, feat_type=feat_type, dim=ex.dim, frame_rate=ex.frame_rate, nj=nj, sample_rate=SAMPLE_RATE, **ex.meta
@@ -262,7 +268,7 @@ def dump_features(
             if bad:
                 for utt, msg in bad.items():
                     log.warning("skipping %s", msg)
-                atomic_write_text(bad_file, "".join(f"{u}\t{bad[u]}\n" for u in utts if u in bad))
+                atomic_write_text(bad_file, "".join(f"{u}\t{bad[u]}\n" for u in utts if u in bad), errors="surrogateescape")
                 log.warning("%s: %d bad utterance(s) left out, listed in %s", name, len(bad), bad_file)
             elif bad_file.exists():
                 bad_file.unlink()  # stale list from an earlier, failed run

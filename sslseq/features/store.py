@@ -4,9 +4,13 @@ A feature dir for one data set holds, for each shard ``<rank>_<nj>``:
   ``<rank>_<nj>.npy``   float32 (frames, dim): the frames of its utterances, concatenated
   ``<rank>_<nj>.len``   one frame count per line
   ``<rank>_<nj>.utts``  one utterance id per line, same order
+  ``<rank>_<nj>.sums``  ``<bytes> <sha256> <file>`` of the three files above, one line each
 and ``feats.yaml`` (type, dim, frame_rate, nj). Shards split the data dir's sorted utterance
 list into ``nj`` contiguous blocks, so shard order is data-dir order. The ``.npy`` is written
-last (atomically), so its presence means the shard is complete.
+last (atomically, after ``.sums``), so its presence means the shard is complete. Readers check
+every shard file's size against ``.sums`` (and the ``.npy``'s size against its own header, for
+stores written before ``.sums`` existed); ``check_complete(verify=True)`` (``sslseq feats
+check``) also checks the SHA-256s.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from typing import Iterator
 import numpy as np
 import yaml
 
-from sslseq.utils import SslseqError, atomic_path, atomic_write_text, read_yaml_mapping
+from sslseq.utils import SslseqError, atomic_path, atomic_write_text, file_sha256, read_yaml_mapping
 
 META = "feats.yaml"
+SHARD_FILES = ("utts", "len", "npy")
+SUMS = "sums"  # <name>.sums: the size and SHA-256 of each shard file, written with them
 
 
 def shard_bounds(num_items: int, nj: int, rank: int) -> tuple[int, int]:
@@ -54,8 +60,14 @@ def read_meta(feat_dir: Path) -> dict:
     return meta
 
 
+def _redo_hint(feat_dir: Path) -> str:
+    return (f"dump it again: rerun the recipe's stage 2 (its done check notices and redoes it) or "
+            f"'sslseq feats dump ... {feat_dir}' (which rewrites damaged shards)")
+
+
 def write_shard(feat_dir: Path, rank: int, nj: int, utts: list[str], feats: list[np.ndarray]) -> None:
-    """Write one complete shard; the .npy goes last so it marks completeness."""
+    """Write one complete shard; the .npy goes last so it marks completeness, its size and
+    checksum (with those of .utts and .len) in .sums just before it."""
     feat_dir = Path(feat_dir)
     name = shard_name(rank, nj)
     atomic_write_text(feat_dir / f"{name}.utts", "".join(f"{u}\n" for u in utts))
@@ -68,17 +80,89 @@ def write_shard(feat_dir: Path, rank: int, nj: int, utts: list[str], feats: list
     with atomic_path(feat_dir / f"{name}.npy") as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array)
+        sums = {ext: (feat_dir / f"{name}.{ext}") for ext in ("utts", "len")}
+        lines = [f"{p.stat().st_size} {file_sha256(p)} {p.name}\n" for p in sums.values()]
+        lines.append(f"{tmp.stat().st_size} {file_sha256(tmp)} {name}.npy\n")
+        atomic_write_text(feat_dir / f"{name}.{SUMS}", "".join(lines))
+
+
+def read_sums(feat_dir: Path, rank: int, nj: int) -> dict[str, tuple[int, str]] | None:
+    """file name -> (bytes, sha256) from ``<name>.sums``; None for a shard written without one."""
+    path = Path(feat_dir) / f"{shard_name(rank, nj)}.{SUMS}"
+    if not path.is_file():
+        return None
+    out: dict[str, tuple[int, str]] = {}
+    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split()
+        if len(parts) != 3 or not parts[0].isdigit():
+            raise SslseqError(f"{path}:{no}: expected '<bytes> <sha256> <file>', got {line[:60]!r}; "
+                              f"{_redo_hint(Path(feat_dir))}")
+        out[parts[2]] = (int(parts[0]), parts[1])
+    return out
+
+
+def _npy_data_bytes(path: Path) -> tuple[int, tuple[int, ...]] | None:
+    """(the file size the .npy header implies, its shape), or None when the header is unreadable."""
+    from numpy.lib import format as npy_format
+
+    readers = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
+    try:
+        with open(path, "rb") as f:
+            version = npy_format.read_magic(f)
+            if version not in readers:
+                return None
+            shape, _, dtype = readers[version](f)
+            header_end = f.tell()
+    except (ValueError, OSError, EOFError):
+        return None
+    return header_end + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, tuple(shape)
+
+
+def shard_problem(feat_dir: Path, rank: int, nj: int, *, checksum: bool = False) -> str | None:
+    """Why shard ``rank`` of ``feat_dir`` is not complete and intact (None: it is): a missing
+    file, a size other than the one written (always checked), or, with ``checksum``, other
+    content. Each reason names the file."""
+    feat_dir = Path(feat_dir)
+    name = shard_name(rank, nj)
+    paths = {ext: feat_dir / f"{name}.{ext}" for ext in SHARD_FILES}
+    if not paths["npy"].is_file():
+        return f"{paths['npy']}: missing (the shard was not completed, or was deleted)"
+    for p in paths.values():
+        if not p.is_file():
+            return f"{p}: missing"
+    sums = read_sums(feat_dir, rank, nj)
+    if sums is not None:
+        for ext, p in paths.items():
+            if p.name not in sums:
+                return f"{feat_dir / f'{name}.{SUMS}'}: does not list {p.name}"
+            size, digest = sums[p.name]
+            have = p.stat().st_size
+            if have != size:
+                return f"{p}: {have} bytes, but {size} were written (the file is {'cut short' if have < size else 'longer'})"
+            if checksum and file_sha256(p) != digest:
+                return f"{p}: its SHA-256 differs from the one in {name}.{SUMS} (the content was changed after it was written)"
+    implied = _npy_data_bytes(paths["npy"])
+    have = paths["npy"].stat().st_size
+    if implied is None:
+        return f"{paths['npy']}: not a readable .npy file (no valid header of format 1.0 or 2.0)"
+    if have != implied[0]:
+        return (f"{paths['npy']}: {have} bytes, but its header (shape {implied[1]}) needs {implied[0]} "
+                f"(the file is {'cut short' if have < implied[0] else 'longer'})")
+    return None
 
 
 def shard_complete(feat_dir: Path, rank: int, nj: int) -> bool:
-    name = shard_name(rank, nj)
-    return all((Path(feat_dir) / f"{name}.{ext}").is_file() for ext in ("utts", "len", "npy"))
+    """Whether the shard is all there with the sizes it was written with (a dump skips it)."""
+    return shard_problem(feat_dir, rank, nj) is None
 
 
-def check_complete(feat_dir: Path, nj: int) -> None:
-    missing = [shard_name(r, nj) for r in range(nj) if not shard_complete(feat_dir, r, nj)]
-    if missing:
-        raise SslseqError(f"{feat_dir}: shard(s) {', '.join(missing)} of {nj} missing or incomplete; rerun the dump")
+def check_complete(feat_dir: Path, nj: int, *, verify: bool = False) -> None:
+    """Every shard of ``nj`` is complete with its written sizes (and, with ``verify``, checksums)."""
+    feat_dir = Path(feat_dir)
+    problems = [(r, p) for r in range(nj) if (p := shard_problem(feat_dir, r, nj, checksum=verify))]
+    if problems:
+        more = f" (and {len(problems) - 1} more of the {nj} shards)" if len(problems) > 1 else ""
+        raise SslseqError(f"{problems[0][1]}{more}; {_redo_hint(feat_dir)}")
     read_meta(feat_dir)
 
 
@@ -103,11 +187,14 @@ class FeatureStore:
             name = shard_name(rank, self.nj)
             utts = (self.dir / f"{name}.utts").read_text().split()
             lengths = np.loadtxt(self.dir / f"{name}.len", dtype=np.int64, ndmin=1) if utts else np.zeros(0, np.int64)
-            frames = np.load(self.dir / f"{name}.npy", mmap_mode="r")
+            try:
+                frames = np.load(self.dir / f"{name}.npy", mmap_mode="r")
+            except (ValueError, OSError) as e:  # check_complete saw the sizes: something odd in the file
+                raise SslseqError(f"{self.dir}/{name}.npy: cannot be read ({e}); {_redo_hint(self.dir)}") from None
             if len(lengths) != len(utts) or int(lengths.sum()) != frames.shape[0]:
                 raise SslseqError(
                     f"{self.dir}/{name}: .utts/.len/.npy disagree ({len(utts)} utts, {len(lengths)} lengths, "
-                    f"{int(lengths.sum())} vs {frames.shape[0]} frames); rerun the dump for this shard"
+                    f"{int(lengths.sum())} vs {frames.shape[0]} frames); {_redo_hint(self.dir)}"
                 )
             offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64) if len(lengths) else lengths
             self.shards.append(Shard(utts, lengths, offsets, frames))

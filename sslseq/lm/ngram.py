@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import os
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from sslseq.data.text import BLANK, DEFAULT_UNITS, WORD_SEP, CharTokenizer
-from sslseq.utils import SslseqError, atomic_path, atomic_write_text, get_logger
+from sslseq.utils import SslseqError, atomic_path, atomic_write_text, file_sha256, get_logger
 
 log = get_logger(__name__)
 
@@ -34,14 +33,6 @@ UNITS = "units.txt"
 INFO = "lm.yaml"
 MAX_ORDER = 5  # kaldingram's limit
 SENTENCE_MARKS = ("<s>", "</s>", "<unk>")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def spell(word: str, tokenizer: CharTokenizer) -> list[str]:
@@ -256,7 +247,7 @@ def build_lm(text: Path, out_dir: Path, *, order: int = 3, dev_text: Path | None
     tokenizer.save(out_dir / UNITS)
     info = {
         "text": str(text),
-        "text_sha256": _sha256(text),
+        "text_sha256": file_sha256(text),
         "order": order,
         "smoothing": "back-off Kneser-Ney, unmodified (kaldingram = SRILM -ukndiscount), log10",
         "lines": len(lines),
@@ -264,7 +255,7 @@ def build_lm(text: Path, out_dir: Path, *, order: int = 3, dev_text: Path | None
         "vocab": len(words),
         "ngrams": {n + 1: c for n, c in enumerate(ngrams)},
         "train_seconds": round(train_s, 2),
-        "files": {name: {"bytes": (out_dir / name).stat().st_size, "sha256": _sha256(out_dir / name)}
+        "files": {name: {"bytes": (out_dir / name).stat().st_size, "sha256": file_sha256(out_dir / name)}
                   for name in (ARPA, LEXICON, UNITS)},
     }
     atomic_write_text(out_dir / INFO, yaml.safe_dump(info, sort_keys=False))

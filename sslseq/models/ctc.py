@@ -58,6 +58,10 @@ class CTCConfig:
     activation_dropout: float = 0.1
     layerdrop: float = 0.1
     dropout_input: float = 0.0
+    # CTC outputs per encoder frame: the head predicts `upsample` units for each frame (the
+    # frames split in time), so a 25 Hz encoder emits at 50 Hz. Characters need 0.6 frames of
+    # the 1 a 25 Hz encoder has, leaving CTC little room for blanks and repeated letters.
+    upsample: int = 1
 
 
 def resolve_encoder_config(cfg: CTCConfig) -> SpeechEncoderConfig:
@@ -100,11 +104,13 @@ class CTCModel(nn.Module):
             )
         if not 0 <= cfg.blank_id < cfg.vocab_size:
             raise SslseqError(f"model.blank_id {cfg.blank_id} is outside [0, {cfg.vocab_size})")
+        if not 1 <= cfg.upsample <= 8:
+            raise SslseqError(f"model.upsample must be 1..8 CTC outputs per encoder frame, got {cfg.upsample}")
         self.cfg = dataclasses.replace(cfg, encoder=resolve_encoder_config(cfg))
         self.encoder = SpeechEncoder(self.cfg.encoder)
-        self.frame_rate = self.encoder.frame_rate
+        self.frame_rate = self.encoder.frame_rate * cfg.upsample  # of the CTC outputs
         self.final_dropout = nn.Dropout(cfg.final_dropout)
-        self.proj = nn.Linear(self.encoder.embed_dim, cfg.vocab_size)
+        self.proj = nn.Linear(self.encoder.embed_dim, cfg.vocab_size * cfg.upsample)
         nn.init.xavier_uniform_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
         self.num_updates = 0
@@ -155,7 +161,10 @@ class CTCModel(nn.Module):
         with torch.no_grad() if frozen else contextlib.nullcontext():
             out = self.encoder(wav, wav_lens, mask=mask)
         logits = self.proj(self.final_dropout(out.x))
-        return F.log_softmax(logits.float(), dim=-1), out.frame_lens
+        up = self.cfg.upsample
+        if up > 1:  # (B, T, up*V) -> (B, up*T, V): frame t's outputs are times up*t .. up*t+up-1
+            logits = logits.reshape(logits.size(0), logits.size(1) * up, self.cfg.vocab_size)
+        return F.log_softmax(logits.float(), dim=-1), out.frame_lens * up
 
     def log_probs(self, wav: torch.Tensor, wav_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, V) float32 log-probabilities (no masking) and (B,) output lengths, for decoding."""

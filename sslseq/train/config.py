@@ -222,6 +222,34 @@ def semantic_dict(cfg: TrainConfig) -> dict[str, Any]:
     return d
 
 
+# Keys that name files or dirs: two spellings of one path (./exp/x, exp/x, /abs/exp/x) are the same config.
+PATH_KEYS = (("out_dir",), ("init",), ("data", "train"), ("data", "valid"), ("data", "labels_train"),
+             ("data", "labels_valid"), ("data", "units"))
+
+
+def resolve_path(value: Any) -> Any:
+    """A path value as a resolved absolute path (relative ones against the current dir); other
+    values, '' and ``init``'s ``none`` as they are."""
+    if isinstance(value, str) and value and value != "none":
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
+def resolve_paths(d: dict) -> dict:
+    """A copy of a config dict with the values of ``PATH_KEYS`` resolved (``resolve_path``), for
+    comparing configs."""
+    import copy
+
+    d = copy.deepcopy(d)
+    for key in PATH_KEYS:
+        node = d
+        for part in key[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key[-1] in node:
+            node[key[-1]] = resolve_path(node[key[-1]])
+    return d
+
+
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested dicts."""
     out = []
@@ -247,4 +275,6 @@ __all__ = [
     "pretrain_needs_labels",
     "semantic_dict",
     "config_diff",
+    "resolve_path",
+    "resolve_paths",
 ]

@@ -15,6 +15,7 @@ on the step, and the RNG states are saved with the optimizer state.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -32,7 +33,15 @@ from sslseq.config import to_dict
 from sslseq.data.batching import LengthBucketBatchSampler
 from sslseq.data.dataset import SpeechDataset, collate
 from sslseq.train import checkpoint as ckpt
-from sslseq.train.config import TrainConfig, config_diff, load_train_config, semantic_dict
+from sslseq.train.config import (
+    PATH_KEYS,
+    TrainConfig,
+    config_diff,
+    load_train_config,
+    resolve_path,
+    resolve_paths,
+    semantic_dict,
+)
 from sslseq.train.health import HealthMonitor
 from sslseq.models.train_log import LOG, JsonLog
 from sslseq.train.schedule import lr_at, warmup_steps
@@ -49,6 +58,20 @@ def config_digest(cfg: TrainConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _spelled_as(cfg: TrainConfig, stored: dict) -> TrainConfig:
+    """``cfg`` with each path that names the same file or dir as in ``stored`` (a config dict,
+    e.g. an experiment's config.yaml) spelled as there: ``./x``, ``x`` and ``/abs/x`` are one run."""
+    out = copy.deepcopy(cfg)
+    for key in PATH_KEYS:
+        old, obj = stored, out
+        for part in key[:-1]:
+            old, obj = old.get(part) if isinstance(old, dict) else None, getattr(obj, part)
+        old = old.get(key[-1]) if isinstance(old, dict) else None
+        if isinstance(old, str) and resolve_path(old) == resolve_path(getattr(obj, key[-1])):
+            setattr(obj, key[-1], old)
+    return out
+
+
 def is_finished(cfg: TrainConfig) -> bool:
     """True when ``out_dir`` holds a final model trained with this same config."""
     out = Path(cfg.out_dir)
@@ -59,7 +82,15 @@ def is_finished(cfg: TrainConfig) -> bool:
         done = yaml.safe_load(summary.read_text()) or {}
     except yaml.YAMLError:
         return False
-    return done.get("config_digest") == config_digest(cfg)
+    if not isinstance(done, dict):
+        return False
+    if done.get("config_digest") == config_digest(cfg):
+        return True
+    try:  # the same config with its paths spelled otherwise (./x vs /abs/x)
+        stored = yaml.safe_load((out / "config.yaml").read_text())
+    except yaml.YAMLError:
+        return False
+    return isinstance(stored, dict) and done.get("config_digest") == config_digest(_spelled_as(cfg, stored))
 
 
 def train_from_config(path: Path, overrides: list[str]) -> Path:
@@ -291,9 +322,11 @@ class Trainer:
         if latest is None:
             return
         state = ckpt.load_trainer_state(latest)
-        if state.get("config_digest") != self.digest:
-            old = yaml.safe_load(state.get("config", "")) or {}
-            diff = config_diff(old, semantic_dict(self.cfg))
+        # Another spelling of the same paths (./x vs /abs/x) is the same run: compared resolved.
+        old = yaml.safe_load(state.get("config", "")) or {}
+        same = state.get("config_digest") == self.digest
+        diff = [] if same else config_diff(resolve_paths(old), resolve_paths(semantic_dict(self.cfg)))
+        if diff:
             raise SslseqError(
                 f"{self.out_dir} holds checkpoints of a run with another config (differs in: {', '.join(diff) or '?'}); "
                 f"train into another out_dir, or delete {self.ckpt_dir} to start over"
