@@ -8,11 +8,23 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("SSLSEQ_NO_PROGRESS", "1")
+
+# Whether @triton.jit (triton's own library functions included) makes interpreted or compiled
+# kernels is fixed when triton is first imported, and importing sslseq's models imports it (via
+# torch.compiler.disable -> torch._dynamo): decide it here, before any test module is collected.
+# Without a CUDA GPU the triton path runs in the interpreter (tests/test_kernels.py); with one the
+# kernels compile (tests/test_cuda.py) and the interpreter tests skip, saying so.
+if "triton" not in sys.modules:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Tests marked ``cuda`` (tests/test_cuda.py) run on the device $SSLSEQ_TEST_DEVICE (default
 # cuda) and are skipped, saying why, where that is cuda and no CUDA GPU is visible; on a GPU

@@ -5,9 +5,9 @@ and w2v-BERT pretraining steps on the Triton path against the reference path (fp
 autocast with the bf16 tolerance).
 
 Every test here is marked ``cuda`` and runs on $SSLSEQ_TEST_DEVICE (default cuda): without a
-CUDA GPU they are skipped, saying so (conftest.py). Run this file in a pytest process of its own:
-``tests/test_kernels.py`` turns the Triton interpreter on for its whole process, and the kernel
-tests here then skip. ``sslseq bench gpu`` (tools/gpu_check.sh) runs it on a GPU machine; its dry
+CUDA GPU they are skipped, saying so (conftest.py, which also turns the Triton interpreter on
+for the whole process where no CUDA GPU is visible; with TRITON_INTERPRET=1 set by hand on a GPU
+machine the kernel tests here skip). ``sslseq bench gpu`` (tools/gpu_check.sh) runs it on a GPU machine; its dry
 run runs a few of these tests on the CPU (SSLSEQ_TEST_DEVICE=cpu, TRITON_INTERPRET=1), where the
 "CUDA against CPU" comparisons compare the CPU with itself: they only keep the code alive.
 """
@@ -37,8 +37,7 @@ def triton_path() -> str:
         pytest.skip(f"triton is not importable ({kernels._triton_import_error()})")
     interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
     if DEVICE.type == "cuda" and interpreting:
-        pytest.skip("TRITON_INTERPRET=1 in this process (tests/test_kernels.py sets it when collected): run "
-                    "tests/test_cuda.py in a pytest process of its own to test the compiled kernels")
+        pytest.skip("TRITON_INTERPRET=1 in this process: unset it to test the compiled kernels")
     if DEVICE.type != "cuda" and not interpreting:
         pytest.skip("the triton path on the CPU needs TRITON_INTERPRET=1")
     return "triton"
