@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from sslseq.asr.report import init_of, resolve_recipe_path
+from sslseq.models.exp_dir import CONFIG
 from sslseq.models.train_log import LOG, read_train_log
 from sslseq.utils import atomic_path, get_logger
 
@@ -35,7 +36,7 @@ class Experiment:
 
 def _config(exp_dir: Path) -> dict[str, Any]:
     try:
-        cfg = yaml.safe_load((exp_dir / "config.yaml").read_text(encoding="utf-8"))
+        cfg = yaml.safe_load((exp_dir / CONFIG).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return {}
     return cfg if isinstance(cfg, dict) else {}

@@ -152,13 +152,14 @@ def decode_data_dir(
     from sslseq.data.text import CharTokenizer
     from sslseq.features.store import shard_bounds, shard_name
     from sslseq.models import load as load_model
+    from sslseq.models.exp_dir import UNITS
 
     exp_dir, data_dir, out_dir = Path(exp_dir), Path(data_dir), Path(out_dir)
     if beam < 1:
         raise SslseqError(f"beam must be >= 1 (1 = greedy), got {beam}")
     if nj < 1:
         raise SslseqError(f"--nj must be >= 1, got {nj}")
-    units = exp_dir / "units.txt"
+    units = exp_dir / UNITS
     if not units.is_file():
         raise SslseqError(f"{units}: not found; {exp_dir} must be a fine-tuned CTC experiment dir (sslseq train)")
     tokenizer = CharTokenizer.from_file(units)

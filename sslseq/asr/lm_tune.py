@@ -95,9 +95,10 @@ def tune_lm(
     from sslseq.asr.report import resolve_recipe_path
     from sslseq.asr.score import read_text_file
     from sslseq.data.text import CharTokenizer
+    from sslseq.models.exp_dir import UNITS
 
     decode_dir = Path(decode_dir)
-    if (decode_dir / "units.txt").is_file() and not (decode_dir / "decode.yaml").is_file():
+    if (decode_dir / UNITS).is_file() and not (decode_dir / "decode.yaml").is_file():
         # an experiment dir: its dev decode dir, as the recipe names it
         if not (decode_dir / "decode_dev" / "decode.yaml").is_file():
             raise SslseqError(f"{decode_dir} is an experiment dir without decode_dev/; decode the dev set first "
@@ -118,9 +119,9 @@ def tune_lm(
     ref_path = decode_dir / "ref.txt" if (decode_dir / "ref.txt").is_file() else data_dir / "text"
     refs = {u: w for u, (w, _) in read_text_file(ref_path, "reference").items()}
 
-    tokenizer = CharTokenizer.from_file(exp_dir / "units.txt")
+    tokenizer = CharTokenizer.from_file(exp_dir / UNITS)
     t0 = time.perf_counter()
-    search = LexiconSearch(Path(lm_dir), tokenizer, exp_dir / "units.txt")
+    search = LexiconSearch(Path(lm_dir), tokenizer, exp_dir / UNITS)
     emissions = em.load(decode_dir, exp_dir, data_dir)
     missing = [u for u in refs if u not in emissions]
     if missing:

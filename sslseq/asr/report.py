@@ -86,6 +86,8 @@ def resolve_recipe_path(path: str, base: Path) -> Path:
 
 
 def _load_row(decode_dir: Path) -> _Row:
+    from sslseq.models.exp_dir import CONFIG
+
     decode_dir = Path(decode_dir)
     wer = _read_yaml(decode_dir / "wer.yaml", "score the decode dir first ('sslseq decode' with a data dir that has text, or 'sslseq score --out-dir')")
     dec = _read_yaml(decode_dir / "decode.yaml", "decode the data set first with 'sslseq decode'")
@@ -93,11 +95,11 @@ def _load_row(decode_dir: Path) -> _Row:
         if key not in dec:
             raise SslseqError(f"{decode_dir / 'decode.yaml'}: no '{key}' entry; re-run 'sslseq decode'")
     exp_dir = resolve_recipe_path(str(dec["exp_dir"]), decode_dir.resolve())
-    cfg = _read_yaml(exp_dir / "config.yaml", f"{exp_dir} must be the trained CTC experiment that {decode_dir} was decoded with")
+    cfg = _read_yaml(exp_dir / CONFIG, f"{exp_dir} must be the trained CTC experiment that {decode_dir} was decoded with")
     init = init_of(cfg)
     pretrain_model = None
     if init != "none":
-        init_cfg = resolve_recipe_path(init, exp_dir.resolve()) / "config.yaml"
+        init_cfg = resolve_recipe_path(init, exp_dir.resolve()) / CONFIG
         if init_cfg.is_file():
             icfg = _read_yaml(init_cfg, "")
             pretrain_model = _model_name(icfg)

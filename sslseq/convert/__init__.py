@@ -13,7 +13,6 @@ checkpoints (quantizer + projections) become our ``wav2vec2`` model.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import re
 from pathlib import Path
@@ -107,13 +106,13 @@ def assemble_model(
     "cfg": HubertConfig fields}``.
     """
     from sslseq.config import to_dict
-    from sslseq.models import build_model, load_weights
+    from sslseq.models import build_model, load_state
 
     enc_state = finish_encoder_state(enc_state, enc_cfg)
     enc_dict = to_dict(enc_cfg)
     if head is None:
         model = build_model({"name": "encoder", "encoder": enc_dict}, where=where)
-        load_weights(model, {f"encoder.{k}": v for k, v in enc_state.items()}, where=where)
+        load_state(model, {f"encoder.{k}": v for k, v in enc_state.items()}, where=where)
         return model.eval()
     state = {f"encoder.{k}": v for k, v in enc_state.items()}
     if head["kind"] == "ctc":
@@ -139,7 +138,7 @@ def assemble_model(
     else:
         raise ValueError(f"unknown head kind {head['kind']!r}")
     model = build_model(model_cfg, where=where)
-    load_weights(model, state, where=where)
+    load_state(model, state, where=where)
     return model.eval()
 
 
@@ -182,22 +181,11 @@ def write_exp(
 ) -> Path:
     """Write an experiment dir: ``config.yaml`` (``model:`` + ``converted_from:``),
     ``model.safetensors`` and, for CTC models, ``units.txt``."""
-    import yaml
-
-    from sslseq.models import model_config_dict, save_weights
-    from sslseq.utils import atomic_write_text
+    from sslseq.models.exp_dir import CONFIG, WEIGHTS, write_exp_dir
 
     out = Path(out_dir)
-    _check_out_dir(out, overwrite, ("config.yaml", "model.safetensors"))
-    out.mkdir(parents=True, exist_ok=True)
-    save_weights(model, out / "model.safetensors")
-    if units is not None:
-        atomic_write_text(out / "units.txt", "".join(f"{u}\n" for u in units))
-    data: dict[str, Any] = {"model": model_config_dict(model)}
-    if source:
-        data["converted_from"] = source
-    text = yaml.safe_dump(json.loads(json.dumps(data, default=list)), sort_keys=False)
-    atomic_write_text(out / "config.yaml", text)  # last: its presence marks a complete dir
+    _check_out_dir(out, overwrite, (CONFIG, WEIGHTS))
+    write_exp_dir(out, model, {"converted_from": source} if source else None, units=units)
     return out
 
 

@@ -92,6 +92,7 @@ def export_hf(exp_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite:
     from safetensors.torch import save_file
 
     from sslseq.models import CTCModel, HuBERT, load
+    from sslseq.models.exp_dir import UNITS
     from sslseq.utils import atomic_path
 
     exp_dir, out = Path(exp_dir), Path(out_dir)
@@ -121,7 +122,7 @@ def export_hf(exp_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite:
             vocab_size=V, pad_token_id=model.cfg.blank_id, bos_token_id=None, eos_token_id=None,
             final_dropout=model.cfg.final_dropout, ctc_loss_reduction="sum", ctc_zero_infinity=True,
         )
-        units_path = exp_dir / "units.txt"
+        units_path = exp_dir / UNITS
         if units_path.is_file():
             from sslseq.data.text import BLANK, CharTokenizer
 

@@ -202,7 +202,7 @@ def convert_hf_state_dict(hf_state: dict[str, torch.Tensor], w2vbert: bool = Fal
 def speech_encoder_from_hf(hf_model: torch.nn.Module) -> SpeechEncoder:
     """A SpeechEncoder with the weights of a transformers ``HubertModel`` / ``Wav2Vec2Model`` /
     ``Wav2Vec2BertModel``."""
-    from sslseq.models import load_weights
+    from sslseq.models import load_state
 
     w2vbert = type(hf_model).__name__.startswith("Wav2Vec2Bert")
     cfg = w2vbert_encoder_config_from_hf(hf_model.config) if w2vbert else encoder_config_from_hf(hf_model.config)
@@ -210,7 +210,7 @@ def speech_encoder_from_hf(hf_model: torch.nn.Module) -> SpeechEncoder:
     state = convert_hf_state_dict(hf_model.state_dict(), w2vbert=w2vbert)
     if "mask_emb" not in state:  # transformers omits it when masking is disabled in its config
         state["mask_emb"] = enc.mask_emb.detach().clone()
-    load_weights(enc, state, where=f"transformers {type(hf_model).__name__}")
+    load_state(enc, state, where=f"transformers {type(hf_model).__name__}")
     return enc
 
 
@@ -375,7 +375,7 @@ def wav2vec2_from_hf(hf_model: torch.nn.Module):
     """Our ``Wav2Vec2`` with the weights of a transformers ``Wav2Vec2ForPreTraining``."""
     import dataclasses
 
-    from sslseq.models import load_weights
+    from sslseq.models import load_state
     from sslseq.models.wav2vec2 import Wav2Vec2, Wav2Vec2Config, Wav2Vec2EncoderConfig
 
     c = hf_model.config
@@ -398,5 +398,5 @@ def wav2vec2_from_hf(hf_model: torch.nn.Module):
     state = {f"encoder.{k}": v for k, v in convert_hf_state_dict({k: v for k, v in hf_state.items() if k not in heads}).items()}
     state.update({_W2V2_HEAD_MAP[k]: v for k, v in heads.items()})
     state.setdefault("encoder.mask_emb", model.encoder.mask_emb.detach().clone())
-    load_weights(model, state, where=f"transformers {type(hf_model).__name__}")
+    load_state(model, state, where=f"transformers {type(hf_model).__name__}")
     return model

@@ -1,8 +1,9 @@
 """Checkpoints that load without executing code, written atomically.
 
-``checkpoints/step_<N>/`` holds ``model.safetensors`` (weights) and ``trainer_state.pt``
-(optimizer state, step, data position, RNG states: only tensors, numbers, strings, lists
-and dicts, so ``torch.load(weights_only=True)`` reads it). A checkpoint is written into a
+``checkpoints/step_<N>/`` holds ``model.safetensors`` (weights, written and read as in the
+experiment dir: ``sslseq.models.exp_dir``) and ``trainer_state.pt`` (optimizer state, step,
+data position, RNG states: only tensors, numbers, strings, lists and dicts, so
+``torch.load(weights_only=True)`` reads it). A checkpoint is written into a
 temporary dir and renamed into place, so a ``step_<N>`` dir is always complete.
 """
 
@@ -18,45 +19,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from sslseq.utils import SslseqError, atomic_path, get_logger
+# The weights are an experiment dir's model.safetensors: one writer and reader (models/exp_dir.py).
+from sslseq.models.exp_dir import WEIGHTS, load_weights, save_weights
+from sslseq.utils import SslseqError, get_logger
 
 log = get_logger(__name__)
 
-WEIGHTS = "model.safetensors"
 STATE = "trainer_state.pt"
 BEST = "best"  # the model of the best validation so far
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 # ---------------------------------------------------------------- weights
-def save_weights(model: torch.nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-    """Write a module's state dict as safetensors, atomically."""
-    # safetensors refuses tensors that share storage; clone only those (rare: tied weights).
-    seen: set[int] = set()
-    tensors = {}
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in seen:
-            t = t.clone()
-        seen.add(ptr)
-        tensors[name] = t
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-
-
-def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
-    path = Path(path)
-    try:
-        state = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types
-        raise SslseqError(f"{path}: cannot read weights ({e}); the file is damaged: delete it and re-run") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise SslseqError(f"{path}: weights do not fit the model built from the config: {e}") from None
+def load_checkpoint_weights(model: torch.nn.Module, ckpt_dir: str | os.PathLike) -> None:
+    """The weights of checkpoint ``ckpt_dir`` into ``model`` (the experiment dir's own loader)."""
+    load_weights(model, Path(ckpt_dir) / WEIGHTS, fix=f"delete {ckpt_dir} to resume from an older checkpoint")
 
 
 # ---------------------------------------------------------------- RNG states

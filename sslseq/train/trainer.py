@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import hashlib
 import json
 import math
@@ -43,6 +42,7 @@ from sslseq.train.config import (
     semantic_dict,
 )
 from sslseq.train.health import HealthMonitor
+from sslseq.models.exp_dir import CONFIG, WEIGHTS, write_exp_dir
 from sslseq.models.train_log import LOG, JsonLog
 from sslseq.train.schedule import lr_at, warmup_steps
 from sslseq.utils import SslseqError, atomic_write_text, get_logger, progress
@@ -76,7 +76,7 @@ def is_finished(cfg: TrainConfig) -> bool:
     """True when ``out_dir`` holds a final model trained with this same config."""
     out = Path(cfg.out_dir)
     summary = out / SUMMARY
-    if not (summary.is_file() and (out / ckpt.WEIGHTS).is_file() and (out / "config.yaml").is_file()):
+    if not (summary.is_file() and (out / WEIGHTS).is_file() and (out / CONFIG).is_file()):
         return False
     try:
         done = yaml.safe_load(summary.read_text()) or {}
@@ -87,7 +87,7 @@ def is_finished(cfg: TrainConfig) -> bool:
     if done.get("config_digest") == config_digest(cfg):
         return True
     try:  # the same config with its paths spelled otherwise (./x vs /abs/x)
-        stored = yaml.safe_load((out / "config.yaml").read_text())
+        stored = yaml.safe_load((out / CONFIG).read_text())
     except yaml.YAMLError:
         return False
     return isinstance(stored, dict) and done.get("config_digest") == config_digest(_spelled_as(cfg, stored))
@@ -97,24 +97,6 @@ def train_from_config(path: Path, overrides: list[str]) -> Path:
     """``sslseq train CONFIG key=value ...``: train, resuming if checkpoints exist; returns out_dir."""
     cfg = load_train_config(path, overrides)
     return Trainer(cfg).fit()
-
-
-def model_config_dict(model: torch.nn.Module, fallback: dict[str, Any]) -> dict[str, Any]:
-    """The full model config (with ``name``) that ``sslseq.models.load`` rebuilds the model from."""
-    from sslseq.models import MODELS, model_config_dict as registered_config
-
-    if any(type(model) is cls for _, cls in MODELS.values()):
-        return json.loads(json.dumps(registered_config(model), default=list))
-    cfg = getattr(model, "cfg", None)
-    if dataclasses.is_dataclass(cfg):
-        d = dataclasses.asdict(cfg)
-    elif isinstance(cfg, dict):
-        d = dict(cfg)
-    else:
-        d = dict(fallback)
-    if "name" not in d and "name" in fallback:
-        d = {"name": fallback["name"], **d}
-    return json.loads(json.dumps(d, default=list))  # tuples -> lists: plain YAML
 
 
 def resolve_precision(precision: str, cpu: bool) -> str:
@@ -264,9 +246,9 @@ class Trainer:
         if str(cfg.init).lower() == "none":
             return build_model(mcfg)
         init = Path(cfg.init)
-        if not (init / "model.safetensors").is_file() or not (init / "config.yaml").is_file():
+        if not (init / WEIGHTS).is_file() or not (init / CONFIG).is_file():
             raise SslseqError(
-                f"init={cfg.init}: no trained model there (model.safetensors and config.yaml are needed); "
+                f"init={cfg.init}: no trained model there ({WEIGHTS} and {CONFIG} are needed); "
                 "run pretraining (recipe stage 4) first, or pass init=none to train from random initialization"
             )
         from sslseq.models import load
@@ -331,7 +313,7 @@ class Trainer:
                 f"{self.out_dir} holds checkpoints of a run with another config (differs in: {', '.join(diff) or '?'}); "
                 f"train into another out_dir, or delete {self.ckpt_dir} to start over"
             )
-        ckpt.load_weights(self.unwrapped, latest / ckpt.WEIGHTS)
+        ckpt.load_checkpoint_weights(self.unwrapped, latest)
         self.optimizer.load_state_dict(state["optimizer"])
         scaler = getattr(self.accelerator, "scaler", None)
         if scaler is not None and state.get("scaler"):
@@ -788,14 +770,10 @@ class Trainer:
         return None
 
     def _write_final(self) -> None:
-        """model.safetensors, config.yaml, units.txt (CTC), then train_summary.yaml (the done marker)."""
+        """model.safetensors, units.txt (CTC), config.yaml, then train_summary.yaml (the done marker)."""
         out = self.out_dir
-        ckpt.save_weights(self.unwrapped, out / ckpt.WEIGHTS)
-        full = to_dict(self.cfg)
-        full["model"] = model_config_dict(self.unwrapped, self.model_cfg)
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(full, default=list)), sort_keys=False))
-        if self.tokenizer is not None:
-            self.tokenizer.save(out / "units.txt")
+        units = self.tokenizer.units if self.tokenizer is not None else None
+        write_exp_dir(out, self.unwrapped, to_dict(self.cfg), units=units, model_fallback=self.model_cfg)
         wall = self._wall_time()
         summary = {
             "task": self.cfg.task,
