@@ -245,7 +245,7 @@ if run_stage 1; then
     opts="subset=$sub seed=$seed data=$(marker_id data)"
     if stage_todo "data/${train_set}_$sub" "$opts"; then
       sslseq data subset --duration "$sub" --seed "$seed" "data/$train_set" "data/${train_set}_$sub"
-      mark_done "data/${train_set}_$sub" "$opts"
+      mark_done "data/${train_set}_$sub" "$opts" wav.scp text utt2spk spk2utt utt2dur
     fi
   done
   if [ "$lm" = true ]; then
@@ -255,7 +255,7 @@ if run_stage 1; then
       timed "$corpus_dir/local/lm_text.sh" --tiny "$tiny" data/lm/text $(for set in $eval_sets; do echo "data/$set"; done)
       sslseq lm check-overlap data/lm/text $(for set in $eval_sets; do echo "data/$set"; done)
       timed sslseq lm build --order "$lm_order" --dev "data/$dev_set" data/lm/text data/lm
-      mark_done data/lm "$opts"
+      mark_done data/lm "$opts" text text.yaml lm.arpa lm.yaml lexicon.txt units.txt
     fi
   fi
 fi
@@ -332,7 +332,7 @@ if run_stage 7; then
         "$root_dir/tools/run_jobs.sh" --cmd "$cmd" --max-parallel "$nj" "JOB=0:$((nj - 1))" "$out/log/decode.JOB.log" \
           sslseq decode --device "${device/auto/cpu}" --nj "$nj" --rank JOB "$exp" "data/$set" "$out"
         sslseq decode --device "${device/auto/cpu}" --nj "$nj" "$exp" "data/$set" "$out"
-        mark_done "$out" "$opts"
+        mark_done "$out" "$opts" hyp.txt wer.yaml
       fi
       decode_dirs+=("$out")
     done
@@ -345,7 +345,7 @@ if run_stage 7; then
         held_out=(); for set in $test_sets; do [ "$set" = "$dev_set" ] || held_out+=(--held-out "data/$set"); done
         timed sslseq lm tune --lm data/lm --nj "$nj" --lm-weights $lm_weights --word-scores $word_scores \
           --beam-size "$lm_beam" "${held_out[@]}" --out-dir "$tune_dir" "$exp/decode_$dev_set"
-        mark_done "$tune_dir" "$opts"
+        mark_done "$tune_dir" "$opts" params.yaml grid.tsv
       fi
       for set in $decode_sets; do
         out=$exp/decode_$set/lm
@@ -355,7 +355,7 @@ if run_stage 7; then
           # the tuned weights with a wider beam than tuning's
           sslseq decode --device "${device/auto/cpu}" --nj "$nj" --lm data/lm --lm-params "$tune_dir/params.yaml" \
             --beam-size "$lm_decode_beam" "$exp" "data/$set" "$exp/decode_$set"
-          mark_done "$out" "$opts"
+          mark_done "$out" "$opts" hyp.txt wer.yaml
         fi
       done
     fi

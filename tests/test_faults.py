@@ -431,6 +431,43 @@ def test_a_truncated_model_redoes_its_stage(tiny_run: Path, tmp_path: Path):
     assert r.returncode == 0 and f"{PRETRAIN}/model.safetensors: missing" in r.stderr and model.read_bytes() == good
 
 
+def test_damaged_lm_and_decode_outputs_redo_their_step(tiny_run: Path, tmp_path: Path):
+    from sslseq.asr import emissions
+    from sslseq.utils import SslseqError
+
+    ctc = [str(p.relative_to(tiny_run)) for p in sorted(tiny_run.glob("exp/ctc_*"))]
+    workdir = _copy(tiny_run, tmp_path / "w", "data", PRETRAIN, *ctc)
+    dec = workdir / ctc[0] / "decode_test"
+    rel = dec.relative_to(workdir)
+    hyp, block, arpa = dec / "hyp.txt", dec / "emissions/0_2.npy", workdir / "data/lm/lm.arpa"
+    good = {p: p.read_bytes() for p in (hyp, block, arpa)}
+    good_log_probs = emissions.load(dec, dec.parent, workdir / "data/test")
+    hyp.write_bytes(good[hyp] + b"X\n")
+    os.truncate(block, len(good[block]) // 2)
+    arpa.write_bytes(good[arpa].replace(b"\\end\\", b"\\end\\ "))  # one byte more
+
+    # a reader of the emissions names the damaged block
+    with pytest.raises(SslseqError, match=re.escape(f"{block}: {len(good[block]) // 2} bytes, but {len(good[block])} "
+                                                    "were written (the file is cut short); run 'sslseq decode")):
+        emissions.load(dec, dec.parent, workdir / "data/test")
+    r = _recipe(workdir, "--stage", "1", "--stop-stage", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"data/lm/lm.arpa: {len(good[arpa]) + 1} bytes, {len(good[arpa])} when the stage was done: data/lm is not " \
+           "done after all; redoing it" in r.stderr, r.stderr[-3000:]
+    assert arpa.read_bytes() == good[arpa]
+    r = _recipe(workdir, "--stage", "7", "--stop-stage", "7")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"{rel}/hyp.txt: {len(good[hyp]) + 2} bytes, {len(good[hyp])} when the stage was done: {rel} is not done " \
+           "after all; redoing it" in r.stderr, r.stderr[-3000:]
+    assert hyp.read_bytes() == good[hyp]
+    again = emissions.load(dec, dec.parent, workdir / "data/test")  # the damaged block was computed again
+    assert again.keys() == good_log_probs.keys()
+    assert all(np.allclose(again[u], good_log_probs[u], atol=1e-5) for u in again)
+    assert "not done after all" not in r.stderr.replace(f"{rel} is not done after all", "")  # nothing else redone
+    r = _recipe(workdir, "--stage", "7", "--stop-stage", "7")
+    assert r.returncode == 0 and "not done after all" not in r.stderr and f"skip: {rel} is done" in r.stderr
+
+
 # ---------------------------------------------------------------- data dirs of the tiny recipe, damaged (issue 10 item 9)
 
 

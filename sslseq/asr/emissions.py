@@ -49,9 +49,12 @@ def _paths(cache_dir: Path, rank: int, nj: int) -> dict[str, Path]:
 
 
 def block_info(cache_dir: Path, rank: int, nj: int, fingerprint: str) -> dict | None:
-    """The block's ``.id`` content when it is complete and computed from ``fingerprint``, else None."""
+    """The block's ``.id`` content when it is complete, intact (the sizes its ``.sums`` holds)
+    and computed from ``fingerprint``, else None (decode computes it again)."""
+    from sslseq.features.store import shard_problem
+
     p = _paths(cache_dir, rank, nj)
-    if not (p["id"].is_file() and p["npy"].is_file()):
+    if not p["id"].is_file() or shard_problem(Path(cache_dir), rank, nj) is not None:
         return None
     info = yaml.safe_load(p["id"].read_text()) or {}
     return info if info.get("id") == fingerprint else None
@@ -106,6 +109,9 @@ def load(decode_dir: Path, exp_dir: Path, data_dir: Path) -> dict[str, np.ndarra
     out: dict[str, np.ndarray] = {}
     for r in range(nj):
         if block_info(cache_dir, r, nj, fingerprint) is None:
-            raise SslseqError(f"{cache_dir}: block {r} of {nj} is missing or stale; {hint}")
+            from sslseq.features.store import shard_problem
+
+            why = shard_problem(cache_dir, r, nj) or f"{cache_dir}: block {r} of {nj} is missing or stale"
+            raise SslseqError(f"{why}; {hint}")
         out.update(read_block(cache_dir, r, nj))
     return out
