@@ -109,16 +109,16 @@ ctc_config=${ctc_config:-$default_ctc}
 # --cmd slurm: tools/run_jobs.sh takes its job options from the corpus's conf/slurm.conf if it has one.
 if [ -f "$corpus_dir/conf/slurm.conf" ]; then export SSLSEQ_SLURM_JOB_CONF=${SSLSEQ_SLURM_JOB_CONF:-$corpus_dir/conf/slurm.conf}; fi
 iter_config=${iter_config:-$root_dir/recipes/conf/hubert_iterations.yaml}
+# HuBERT learns from the k-means labels; the other families make their own targets, so their
+# pretraining neither names nor waits for a label set. The model registry says which is which.
+uses_labels=$(sslseq config needs-labels "$pretrain_config") || die "cannot read the model of $pretrain_config"
 if [ "$iterations" -gt 1 ]; then
-  [ "$model" = hubert ] || die "--iterations $iterations: only HuBERT iterates on its own layer features (use --model hubert)"
+  [ "$uses_labels" = true ] || die "--iterations $iterations: only HuBERT iterates on its own layer features (use --model hubert)"
   [ -f "$iter_config" ] || die "no iteration config $iter_config (--iter-config)"
 fi
 
 mkdir -p "$workdir" && cd "$workdir"
 label_tag=${feat_type}_k${k}
-# HuBERT learns from the k-means labels; the other families make their own targets, so their
-# pretraining neither names nor waits for a label set.
-uses_labels=false; [ "$model" != hubert ] || uses_labels=true
 pretrain_tag=$(basename "$pretrain_config" .yaml); [ "$uses_labels" = false ] || pretrain_tag=${pretrain_tag}_${label_tag}
 pretrain_dir=exp/${pretrain_tag}
 # The CTC experiment of labeled subset $1 from init $2 (a pretrained dir or none).

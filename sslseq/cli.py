@@ -216,6 +216,13 @@ def cmd_config_digest(a: argparse.Namespace) -> None:
     print(config_digest(a.file))
 
 
+def cmd_config_needs_labels(a: argparse.Namespace) -> None:
+    from sslseq.train.config import pretrain_needs_labels, resolve_train_config
+
+    # The model registry knows which families learn from k-means labels; the recipe asks here.
+    print(str(pretrain_needs_labels(resolve_train_config(a.file))).lower())
+
+
 def cmd_config_get(a: argparse.Namespace) -> None:
     from sslseq.config import get_value, load_yaml
 
@@ -422,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("key", help="dotted path; list items by index, e.g. iterations.0.layer")
     s = verb(cfg, "digest", cmd_config_digest, "fingerprint of a training YAML and the model_config it includes (stage markers)")
+    s.add_argument("file")
+    s = verb(cfg, "needs-labels", cmd_config_needs_labels,
+             "true if the model of a training YAML learns from k-means labels (HuBERT), else false")
     s.add_argument("file")
 
     # bench

@@ -122,3 +122,13 @@ def pretrain_losses(monkeypatch, path, family="wav2vec2", steps=3, device="cpu",
         opt.step()
         losses.append((out.loss.item(), *(out.logs[k] for k in LOGGED)))
     return losses
+
+
+def check_contrastive(out, ref, dtype):
+    """A contrastive-loss path's (loss, count, grads...) against the reference's."""
+    assert out[0].dtype == torch.float32 and out[1].dtype == torch.int64 and out[0].shape == ()
+    torch.testing.assert_close(out[0], ref[0], rtol=1e-5, atol=1e-4)
+    assert int(out[1]) == int(ref[1])
+    close(out[2], ref[2], dtype)
+    close(out[3], ref[3], dtype)
+    assert out[2].dtype == dtype and out[3].dtype == dtype

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernel_cases import LOGGED, close, contrastive_case, pretrain_losses, quantize_case, run_contrastive, run_quantize
+from kernel_cases import LOGGED, check_contrastive, close, contrastive_case, pretrain_losses, quantize_case, run_contrastive, run_quantize
 from sslseq import kernels
 
 DEVICE = torch.device(os.environ.get("SSLSEQ_TEST_DEVICE", "cuda"))
@@ -132,22 +132,13 @@ def test_gumbel_triton_codebook_grad_deterministic_and_atomic(triton_path):
 # ------------------------------------------------------------------ contrastive loss
 
 
-def _check_contrastive(out, ref, dtype):
-    assert out[0].dtype == torch.float32 and out[1].dtype == torch.int64 and out[0].shape == ()
-    torch.testing.assert_close(out[0], ref[0], rtol=1e-5, atol=1e-4)
-    assert int(out[1]) == int(ref[1])
-    close(out[2], ref[2], dtype)
-    close(out[3], ref[3], dtype)
-    assert out[2].dtype == dtype and out[3].dtype == dtype
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("use_codes", [True, False])
 def test_contrastive_triton_matches_reference(triton_path, dtype, use_codes):
     context, targets, neg, codes = contrastive_case(dtype, device=DEVICE)
     codes = codes if use_codes else None
     assert (neg[0] == -1).all()  # the edge cases are present
-    _check_contrastive(run_contrastive(triton_path, context, targets, neg, codes),
+    check_contrastive(run_contrastive(triton_path, context, targets, neg, codes),
                        run_contrastive("reference", context, targets, neg, codes), dtype)
 
 

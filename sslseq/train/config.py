@@ -117,6 +117,14 @@ def config_digest(path: str | Path) -> str:
 
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     """Load and check a TrainConfig; the ``model_config`` file is merged into ``model``."""
+    cfg = resolve_train_config(path, overrides)
+    check_train_config(cfg, where=str(path))
+    return cfg
+
+
+def resolve_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """A TrainConfig with its ``model_config`` merged into ``model``, not yet checked for what a
+    run needs (out_dir, data): what a recipe asks of a config before running it."""
     path = Path(path)
     cfg = load_config(TrainConfig, path, list(overrides))
     if cfg.model_config:
@@ -133,7 +141,6 @@ def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfi
             mdata = {"encoder": mdata["encoder"]}
         cfg.model = _merge(mdata, cfg.model)
         cfg.model_config = None  # merged: the saved config stands alone
-    check_train_config(cfg, where=str(path))
     return cfg
 
 
@@ -273,6 +280,7 @@ __all__ = [
     "load_train_config",
     "check_train_config",
     "pretrain_needs_labels",
+    "resolve_train_config",
     "semantic_dict",
     "config_diff",
     "resolve_path",
