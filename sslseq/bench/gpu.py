@@ -52,7 +52,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from sslseq.utils import SslseqError, atomic_write_text
+from sslseq.utils import SslseqError, atomic_write_text, get_logger
 
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE_S = 420.0  # the global deadline on a GPU: well inside 8 minutes
@@ -820,7 +820,7 @@ def _synth_data_dir(root: Path, n: int, seconds: tuple[float, float], seed: int 
 def child_throughput(work: Path, dry: bool, compiled: bool) -> int:
     import torch
 
-    from sslseq.cli import main as cli_main
+    from sslseq.train.trainer import train_from_config
 
     ctx = Ctx(dry=dry, work=work, out=work)
     t = THROUGHPUT[ctx.mode]
@@ -835,10 +835,15 @@ def child_throughput(work: Path, dry: bool, compiled: bool) -> int:
     _synth_data_dir(work / "tp_data", t["utterances"], t["seconds"])
     data_s = time.perf_counter() - t0
     shutil.rmtree(work / f"tp_{tag}", ignore_errors=True)  # a fresh run, never a resumed one
-    args = ["train", str(REPO / t["config"]), *_throughput_overrides(ctx, compiled)]
-    print("sslseq " + " ".join(args), flush=True)
+    config, overrides = REPO / t["config"], _throughput_overrides(ctx, compiled)
+    print(f"sslseq train {config} " + " ".join(overrides), flush=True)
     t0 = time.perf_counter()
-    rc = cli_main(args)
+    try:
+        train_from_config(config, overrides)
+        rc = 0
+    except SslseqError as e:  # the step's record says why; the next step runs
+        get_logger().error("%s", e)
+        rc = 1
     extra = {"rc": rc, "data_seconds": round(data_s, 1), "train_wall_s": round(time.perf_counter() - t0, 1)}
     if torch.cuda.is_available():
         extra["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
