@@ -101,6 +101,14 @@ def cmd_data_subset(a: argparse.Namespace) -> None:
 def cmd_feats_dump(a: argparse.Namespace) -> None:
     from sslseq.features.dump import dump_features
 
+    layer_features = None
+    if a.type == "layer":  # the model's hidden states: models/ loads and runs it, features/ stores them
+        if a.checkpoint is None or a.layer is None:
+            raise SslseqError("--type layer needs --checkpoint <experiment dir> and --layer <index>")
+        from sslseq.hw import resolve_device
+        from sslseq.models.layer_features import LayerFeatures
+
+        layer_features = LayerFeatures(a.checkpoint, a.layer, resolve_device(a.device))
     dump_features(
         Path(a.data_dir),
         Path(a.out_dir),
@@ -108,8 +116,7 @@ def cmd_feats_dump(a: argparse.Namespace) -> None:
         nj=a.nj,
         rank=a.rank,
         device=a.device,
-        checkpoint=a.checkpoint,
-        layer=a.layer,
+        layer_features=layer_features,
         allow_pipes=a.allow_pipes,
         resample=not a.no_resample,
         skip_bad=a.skip_bad,

@@ -1,4 +1,5 @@
-"""What the CPU can do fast: shared by the trainer's ``precision=auto`` and ``sslseq bench train``.
+"""The hardware a verb runs on: the one ``--device`` resolver, and what the CPU can do fast
+(shared by the trainer's ``precision=auto`` and ``sslseq bench train``).
 
 bf16 autocast pays on a CPU only where it has bf16 matrix instructions: AMX-BF16 or
 AVX512-BF16 on x86 (oneDNN's bf16 GEMMs), BF16 (BFMMLA) on aarch64. Elsewhere torch
@@ -16,7 +17,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-__all__ = ["CpuBf16", "cpu_bf16", "detect_cpu_bf16"]
+__all__ = ["CpuBf16", "cpu_bf16", "detect_cpu_bf16", "resolve_device"]
+
+
+def resolve_device(device: str = "auto"):
+    """The ``torch.device`` of a ``--device`` option: ``auto`` is CUDA when a GPU is visible, else
+    the CPU; a name torch does not know, or CUDA without a GPU, is a clear error."""
+    import torch
+
+    from sslseq.utils import SslseqError
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise SslseqError(f"--device {device!r} is not a torch device (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SslseqError(f"--device {device}: no CUDA GPU is visible; use --device cpu (or auto)")
+    return dev
 
 X86_NATIVE = ("amx_bf16", "avx512_bf16")
 ARM_NATIVE = ("bf16",)

@@ -384,15 +384,20 @@ def test_decode_rejects_units_that_do_not_match_the_model(tmp_path, fake_exp, mo
         decode_data_dir(exp, data, tmp_path / "dec")
 
 
-def test_make_batches_respects_padded_budget():
-    from sslseq.asr.decode import make_batches
+@pytest.mark.parametrize("longest_first", [True, False])  # decoding, feature dumping
+def test_utterance_batches_respect_padded_budget(longest_first):
+    from sslseq.data.batching import utterance_batches
 
     durs = {f"u{i}": d for i, d in enumerate([1.0, 5.0, 2.0, 2.5, 9.0, 0.5, 3.0])}
-    batches = make_batches(list(durs), durs, batch_seconds=6.0)
+    batches = utterance_batches(list(durs), durs, 6.0, longest_first=longest_first)
     assert sorted(u for b in batches for u in b) == sorted(durs)
     for b in batches:
         assert len(b) == 1 or len(b) * max(durs[u] for u in b) <= 6.0
     assert ["u4"] in batches  # longer than the budget: alone
+    flat = [durs[u] for b in batches for u in b]
+    assert flat == sorted(flat, reverse=longest_first)
+    with pytest.raises(SslseqError, match="positive"):
+        utterance_batches(list(durs), durs, 0.0)
 
 
 # ---------------------------------------------------------------- results table

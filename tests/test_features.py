@@ -12,6 +12,7 @@ import soundfile as sf
 import torch
 
 from sslseq.features import kaldi as K
+from sslseq.models.layer_features import LayerFeatures
 from sslseq.utils import SslseqError
 
 knf = pytest.importorskip("kaldi_native_fbank")
@@ -230,14 +231,6 @@ def test_mfcc39_layout():
     torch.testing.assert_close(f39, K.add_deltas(f13, n))
 
 
-def test_cmvn():
-    feats = torch.randn(2, 10, 3, dtype=torch.float64) * 3 + 5
-    out = K.apply_cmvn(feats, torch.tensor([10, 4]), norm_vars=True)
-    torch.testing.assert_close(out[1, :4].mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-12, rtol=0)
-    torch.testing.assert_close(out[1, :4].std(0, unbiased=False), torch.ones(3, dtype=torch.float64))
-    assert torch.all(out[1, 4:] == 0)
-
-
 # ---------------------------------------------------------------- dumping
 
 
@@ -375,20 +368,21 @@ class FakeModel(torch.nn.Module):
 
 def test_dump_layer_with_model_contract(tmp_path, monkeypatch):
     """Exercises the sslseq.models.load contract with a stand-in model (a real one needs training)."""
-    import sslseq.models
     from sslseq.features import dump
     from sslseq.features.store import FeatureStore
+    from sslseq.models import layer_features
 
     exp = tmp_path / "exp"
     exp.mkdir()
-    monkeypatch.setattr(sslseq.models, "load", lambda path: FakeModel(), raising=False)
+    monkeypatch.setattr(layer_features, "load", lambda path: FakeModel())
     data = make_data_dir(tmp_path, {"a-1": 8000, "a-2": 16000, "b-1": 9000})
-    dump.dump_features(data, tmp_path / "f", feat_type="layer", checkpoint=str(exp), layer=2)
+    lf = LayerFeatures(exp, 2, torch.device("cpu"))
+    dump.dump_features(data, tmp_path / "f", feat_type="layer", layer_features=lf)
     fs = FeatureStore(tmp_path / "f")
     assert fs.dim == 4 and fs.frame_rate == 50.0 and fs.meta["layer"] == 2
     assert fs.lengths.tolist() == [25, 50, 28]
     with pytest.raises(SslseqError, match="--layer 3 is out of range.*0..2"):
-        dump.dump_features(data, tmp_path / "g", feat_type="layer", checkpoint=str(exp), layer=3)
+        LayerFeatures(exp, 3, torch.device("cpu"))
 
 
 def test_dump_layer_real_model(tmp_path):
@@ -408,7 +402,8 @@ def test_dump_layer_real_model(tmp_path):
     (exp / "config.yaml").write_text(yaml.safe_dump({"model": model_config_dict(model)}))
     save_weights(model, exp / "model.safetensors")
     data = make_data_dir(tmp_path, {"a-1": 8000, "a-2": 16000, "b-1": 9000})
-    dump.dump_features(data, tmp_path / "f", feat_type="layer", checkpoint=str(exp), layer=2)
+    lf = LayerFeatures(exp, 2, torch.device("cpu"))
+    dump.dump_features(data, tmp_path / "f", feat_type="layer", layer_features=lf)
     fs = FeatureStore(tmp_path / "f")
     assert fs.dim == 32 and fs.frame_rate == 50.0 and fs.meta["type"] == "layer"
     expected = []
@@ -419,7 +414,7 @@ def test_dump_layer_real_model(tmp_path):
     assert fs.lengths.tolist() == expected
     assert all(np.isfinite(frames).all() and frames.std() > 0 for _, frames in fs)
     with pytest.raises(SslseqError, match="--layer 3 is out of range"):
-        dump.dump_features(data, tmp_path / "g", feat_type="layer", checkpoint=str(exp), layer=3)
+        LayerFeatures(exp, 3, torch.device("cpu"))
 
 
 def test_dump_synthesized_corpus(tiny_data, tmp_path):

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from sslseq.models import CTCModel, W2VBert, build_model, load, model_config_dict, save_weights
+from sslseq.models.layer_features import LayerFeatures
 from sslseq.nn.conformer import ConformerEncoder
 from sslseq.nn.fbank import FbankFrontend
 from sslseq.nn.transformer import TransformerEncoderConfig
@@ -394,7 +395,8 @@ def test_load_round_trip_extract_features_ctc_and_layer_dump(tmp_path):
         CTCModel.from_pretrained(loaded, {"vocab_size": 12, "encoder": {"stack_frames": 3}})
     # Stage 5's layer features work the same way as for the other families.
     data = make_data_dir(tmp_path, {"a-1": 8000, "a-2": 16000, "b-1": 9000})
-    dump.dump_features(data, tmp_path / "f", feat_type="layer", checkpoint=str(exp), layer=2)
+    lf = LayerFeatures(exp, 2, torch.device("cpu"))
+    dump.dump_features(data, tmp_path / "f", feat_type="layer", layer_features=lf)
     fs = FeatureStore(tmp_path / "f")
     assert fs.dim == 48 and fs.frame_rate == 50.0 and fs.lengths.tolist() == [24, 49, 27]
 

@@ -15,8 +15,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from sslseq.kernels.rng import draw_seed, gumbel_noise
 from sslseq.models import CTCModel, Wav2Vec2, build_model, load, model_config_dict, save_weights
-from sslseq.objectives import contrastive as contrastive_mod
-from sslseq.objectives.contrastive import contrastive_logits, contrastive_loss, sample_negatives
+from sslseq.kernels import contrastive as contrastive_mod
+from sslseq.kernels.contrastive import chunked_logits as contrastive_logits
+from sslseq.objectives.contrastive import contrastive_loss, sample_negatives
 from sslseq.objectives.quantizer import GumbelVectorQuantizer
 from sslseq.utils import SslseqError
 from test_models import small_encoder  # the small encoder every model test uses
@@ -247,7 +248,7 @@ def literal_logits(x, y, neg_idx, temp):
 
 @pytest.mark.parametrize("use_codes", [True, False])
 def test_contrastive_matches_literal_reference(use_codes, monkeypatch):
-    monkeypatch.setattr(contrastive_mod, "_CHUNK_ELEMS", 100)  # several chunks
+    monkeypatch.setattr(contrastive_mod, "CHUNK_ELEMS", 100)  # several chunks
     g = torch.Generator().manual_seed(0)
     mask = torch.rand(3, 15, generator=g) < 0.6
     neg = sample_negatives(8, mask, generator=g)
@@ -282,7 +283,7 @@ def test_contrastive_matches_literal_reference(use_codes, monkeypatch):
 
 
 def test_contrastive_never_builds_all_negatives(monkeypatch):
-    monkeypatch.setattr(contrastive_mod, "_CHUNK_ELEMS", 256)
+    monkeypatch.setattr(contrastive_mod, "CHUNK_ELEMS", 256)
     N, K, D = 50, 10, 16
     g = torch.Generator().manual_seed(0)
     x = torch.randn(N, D, generator=g, requires_grad=True)

@@ -14,36 +14,14 @@ import yaml
 
 from sslseq.asr.ctc_decode import beam_decode_batch, greedy_decode
 from sslseq.asr.score import ScoreResult, score_files
+from sslseq.data.batching import utterance_batches
+from sslseq.hw import resolve_device
 from sslseq.utils import SslseqError, atomic_write_text, get_logger, progress
 
 if TYPE_CHECKING:
     from sslseq.asr.lm_decode import LmParams
 
 log = get_logger(__name__)
-
-
-def make_batches(utts: list[str], durations: dict[str, float], batch_seconds: float) -> list[list[str]]:
-    """Group utterances, longest first, so that ``len(batch) * longest <= batch_seconds``.
-
-    Sorting by length keeps padding small; an utterance longer than the budget is
-    decoded alone.
-    """
-    if batch_seconds <= 0:
-        raise SslseqError(f"--batch-seconds must be positive, got {batch_seconds}")
-    order = sorted(utts, key=lambda u: (-durations[u], u))
-    batches: list[list[str]] = []
-    cur: list[str] = []
-    longest = 0.0
-    for u in order:
-        d = durations[u]
-        if cur and (len(cur) + 1) * max(longest, d) > batch_seconds:
-            batches.append(cur)
-            cur, longest = [], 0.0
-        cur.append(u)
-        longest = max(longest, d)
-    if cur:
-        batches.append(cur)
-    return batches
 
 
 def _pad(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +70,7 @@ def _network_emissions(get_model, tokenizer, data, utts: list[str], *, exp_dir: 
     emissions: dict[str, np.ndarray] = {}
     audio_seconds = network_seconds = 0.0  # the model only, so the RTF does not depend on disk speed
     with torch.inference_mode():
-        for batch in progress(make_batches(utts, data.utt2dur, batch_seconds), desc=desc, unit="batch"):
+        for batch in progress(utterance_batches(utts, data.utt2dur, batch_seconds, longest_first=True), desc=desc, unit="batch"):
             waves = [
                 read_audio(data.wav[u], allow_pipes=allow_pipes, where=f"{data_dir / 'wav.scp'}: {u}") for u in batch
             ]
@@ -176,12 +154,7 @@ def decode_data_dir(
         lm_params = lm_params or LmParams()
         lm_params.check()
         search = LexiconSearch(Path(lm_dir), tokenizer, units)  # before any work: a bad LM dir fails now
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise SslseqError(f"--device {device!r} is not a valid torch device: {e}") from None
+    dev = resolve_device(device)
 
     fingerprint = em.model_data_id(exp_dir, data_dir)
     part_id = _part_id(fingerprint, beam)

@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from sslseq.data.labels import LABELS_DICT, LABELS_FILES, LABELS_META
+from sslseq.hw import resolve_device
 from sslseq.utils import SslseqError, atomic_path, atomic_write_text, file_record, get_logger, progress
 
 log = get_logger("sslseq.cluster.kmeans")
@@ -35,19 +36,6 @@ log = get_logger("sslseq.cluster.kmeans")
 # Rows per distance chunk: a (CHUNK, K) float32 block stays cache-sized for K of a few hundred.
 CHUNK = 1024
 DICT_NAME = LABELS_DICT
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise SslseqError(f"--device {device!r} is not a torch device ({e}); use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SslseqError(f"--device {device} requested but CUDA is not available; use --device cpu")
-    return dev
 
 
 def _chunk_rows(k: int, device: torch.device) -> int:

@@ -7,7 +7,7 @@ batches, so a resumed run sees exactly the data an uninterrupted one would.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -45,6 +45,20 @@ def greedy_batches(order: Sequence[int], durations: np.ndarray, max_batch_second
     if cur:
         batches.append(cur)
     return batches
+
+
+def utterance_batches(
+    utts: Sequence[str], durations: Mapping[str, float], batch_seconds: float, *, longest_first: bool = False
+) -> list[list[str]]:
+    """Utterance ids sorted by duration (shortest first, or longest first) and cut by
+    :func:`greedy_batches`; the batching of decoding and feature dumping, where no shuffling is
+    wanted. An utterance without a duration counts as 0 s."""
+    if not batch_seconds > 0:
+        raise SslseqError(f"--batch-seconds must be positive, got {batch_seconds}")
+    sign = -1.0 if longest_first else 1.0
+    order = sorted(utts, key=lambda u: (sign * durations.get(u, 0.0), u))
+    durs = np.array([durations.get(u, 0.0) for u in order], dtype=np.float64)
+    return [[order[i] for i in b] for b in greedy_batches(range(len(order)), durs, batch_seconds)]
 
 
 class LengthBucketBatchSampler:

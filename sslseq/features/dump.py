@@ -17,7 +17,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from sslseq.data.batching import utterance_batches
 from sslseq.features import store
+from sslseq.hw import resolve_device
 from sslseq.utils import SslseqError, atomic_write_text, get_logger, progress
 
 log = get_logger(__name__)
@@ -50,19 +52,7 @@ class _Extractor:
         return [np.ascontiguousarray(feats[i, : int(n)]) for i, n in enumerate(frame_lens)]
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise SslseqError(f"--device '{device}' is not a torch device (use cpu, cuda, cuda:1 or auto)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SslseqError(f"--device {device}: no CUDA GPU is visible; use --device cpu")
-    return dev
-
-
-def _make_extractor(feat_type: str, device: torch.device, checkpoint: str | None, layer: int | None) -> _Extractor:
+def _make_extractor(feat_type: str, device: torch.device, layer_features: Callable | None) -> _Extractor:
     from sslseq.features import kaldi
 
     if feat_type == "mfcc":
@@ -78,40 +68,10 @@ def _make_extractor(feat_type: str, device: torch.device, checkpoint: str | None
         )  # fmt: skip
     if feat_type != "layer":
         raise SslseqError(f"unknown feature type '{feat_type}' (use one of {', '.join(FEAT_TYPES)})")
-    return _layer_extractor(device, checkpoint, layer)
-
-
-def _layer_extractor(device: torch.device, checkpoint: str | None, layer: int | None) -> _Extractor:
-    if checkpoint is None or layer is None:
+    if layer_features is None:
         raise SslseqError("--type layer needs --checkpoint <experiment dir> and --layer <index>")
-    if not Path(checkpoint).exists():
-        raise SslseqError(f"--checkpoint {checkpoint}: no such experiment dir")
-    try:
-        from sslseq.models import load
-    except ImportError as e:
-        raise SslseqError(f"--type layer needs sslseq.models.load, which is not available: {e}") from None
-    model = load(Path(checkpoint))
-    model.eval().to(device)
-    # One second of silence tells us the number of hidden states and their dim before any real work.
-    with torch.inference_mode():
-        probe, _ = model.extract_features(
-            torch.zeros(1, SAMPLE_RATE, device=device), torch.tensor([SAMPLE_RATE], device=device)
-        )
-    if not 0 <= layer < len(probe):
-        raise SslseqError(
-            f"--layer {layer} is out of range: the model in {checkpoint} has {len(probe)} hidden states, "
-            f"--layer 0..{len(probe) - 1} (0 is the encoder input, i the output of transformer layer i)"
-        )
-    dim = int(probe[layer].shape[-1])
-
-    def fn(w: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden, frame_lens = model.extract_features(w, n)
-        return hidden[layer], frame_lens
-
-    return _Extractor(
-        "layer", dim, float(model.frame_rate), 100.0, fn, device,
-        {"checkpoint": str(Path(checkpoint).resolve()), "layer": int(layer)},
-    )
+    lf = layer_features  # sslseq.models.layer_features.LayerFeatures: the CLI loads the model
+    return _Extractor("layer", lf.dim, lf.frame_rate, 100.0, lf, lf.device, dict(lf.meta))
 
 
 def _check_existing_meta(out_dir: Path, ex: _Extractor, nj: int) -> None:
@@ -126,21 +86,6 @@ def _check_existing_meta(out_dir: Path, ex: _Extractor, nj: int) -> None:
         raise SslseqError(
             f"{out_dir} already holds other features ({'; '.join(diff)}); dump into a new dir or delete this one"
         )
-
-
-def _batches(utts: list[str], durs: dict[str, float], batch_seconds: float) -> list[list[str]]:
-    """Utterances sorted by duration, grouped so that batch size x longest duration <= batch_seconds."""
-    order = sorted(utts, key=lambda u: (durs.get(u, 0.0), u))
-    out: list[list[str]] = []
-    cur: list[str] = []
-    for u in order:
-        if cur and (len(cur) + 1) * durs.get(u, 0.0) > batch_seconds:
-            out.append(cur)
-            cur = []
-        cur.append(u)
-    if cur:
-        out.append(cur)
-    return out
 
 
 def _wav_lines(data_dir: Path) -> dict[str, int]:
@@ -161,8 +106,7 @@ def dump_features(
     nj: int = 1,
     rank: int | None = None,
     device: str = "cpu",
-    checkpoint: str | None = None,
-    layer: int | None = None,
+    layer_features: Callable | None = None,
     allow_pipes: bool = False,
     resample: bool = True,
     skip_bad: bool = False,
@@ -171,7 +115,8 @@ def dump_features(
     """Write shards ``<rank>_<nj>`` (all ranks when ``rank`` is None) and ``feats.yaml`` into ``out_dir``.
 
     feat_type: "mfcc" (39 = 13 Kaldi MFCC + delta + delta-delta), "fbank" (80 Kaldi log-mel), or
-    "layer" (hidden state ``layer`` of the model in experiment dir ``checkpoint``).
+    "layer" (a model's hidden states: ``layer_features``, a
+    ``sslseq.models.layer_features.LayerFeatures``, which also fixes the device).
     skip_bad: unreadable (or too short) utterances are listed in ``bad_utts.<rank>_<nj>`` and left
     out of the shard instead of stopping the dump.
     """
@@ -186,7 +131,7 @@ def dump_features(
     if rank is not None:
         store.shard_bounds(0, nj, rank)  # validates rank
     dd = load_data_dir(data_dir)
-    ex = _make_extractor(feat_type, _resolve_device(device), checkpoint, layer)
+    ex = _make_extractor(feat_type, resolve_device(device), layer_features)
     _check_existing_meta(out_dir, ex, nj)
     ranks = list(range(nj)) if rank is None else [rank]
     todo = []
@@ -231,7 +176,7 @@ def dump_features(
             start, end = store.shard_bounds(len(dd.utts), nj, r)
             utts = dd.utts[start:end]
             name = store.shard_name(r, nj)
-            batches = _batches(utts, dd.utt2dur, bsec)
+            batches = utterance_batches(utts, dd.utt2dur, bsec)
             feats: dict[str, np.ndarray] = {}
             bad: dict[str, str] = {}
             pending = pool.submit(read, batches[0]) if batches else None

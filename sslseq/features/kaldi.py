@@ -390,21 +390,6 @@ def add_deltas(feats: Tensor, frame_lengths: Tensor | None = None, order: int = 
     return out[0] if squeeze else out
 
 
-def apply_cmvn(feats: Tensor, frame_lengths: Tensor | None = None, norm_vars: bool = False) -> Tensor:
-    """Per-utterance mean (and optionally variance) normalisation over each utterance's valid frames."""
-    feats, frame_lengths, squeeze = _as_batch(feats, frame_lengths)
-    b, t, _ = feats.shape
-    valid = (torch.arange(t, device=feats.device)[None, :] < frame_lengths[:, None])[..., None]
-    count = valid.sum(1, keepdim=True).clamp_min(1).to(feats.dtype)
-    mean = (feats * valid).sum(1, keepdim=True) / count
-    out = feats - mean
-    if norm_vars:
-        var = ((out * valid).square().sum(1, keepdim=True) / count).clamp_min(1e-20)
-        out = out / var.sqrt()
-    out = out * valid
-    return out[0] if squeeze else out
-
-
 def feature_dim(feat_type: str, deltas: bool = True) -> int:
     """Output dim of the default options: mfcc 39 (13 without deltas), fbank 80."""
     if feat_type == "mfcc":
@@ -419,7 +404,6 @@ __all__ = [
     "FbankOptions",
     "MfccOptions",
     "add_deltas",
-    "apply_cmvn",
     "fbank",
     "feature_dim",
     "frame_rate",

@@ -130,7 +130,7 @@ def contrastive_loss(context, targets, neg_idx, target_codes, temperature=0.1, p
     if p == "reference":
         return C.contrastive_loss_reference(context, targets, neg_idx, target_codes, temperature)
     if p == "chunked":
-        return C.contrastive_loss_chunked(context, targets, neg_idx, target_codes, temperature)
+        return C.contrastive_loss_chunked(context, targets, neg_idx, target_codes, temperature, C.CHUNK_ELEMS)
     import torch.nn.functional as F
 
     impl = importlib.import_module("sslseq.kernels.contrastive_triton")

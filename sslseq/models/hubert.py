@@ -70,15 +70,6 @@ class HuBERT(nn.Module):
     def set_num_updates(self, step: int) -> None:
         self.num_updates = step
 
-    def check_label_rate(self, label_rate: float) -> None:
-        """Raise if labels made at ``label_rate`` Hz cannot train this model."""
-        if abs(label_rate - self.cfg.label_rate) > 1e-6:
-            raise SslseqError(
-                f"the labels are at {label_rate:g} Hz but model.label_rate is {self.cfg.label_rate:g} Hz; "
-                f"set model.label_rate={label_rate:g}"
-            )
-        label_frame_ratio(label_rate, self.frame_rate)
-
     def align_labels(self, labels: torch.Tensor, label_lens: torch.Tensor, frame_lens: torch.Tensor, T: int) -> torch.Tensor:
         """(B, L) labels at ``label_rate`` → (B, T) frame targets (-1 = none), as fairseq:
         frame t takes label ``t * label_rate / frame_rate``."""

@@ -6,7 +6,8 @@ frame's distractors are other masked frames of the same utterance (``neg_idx`` (
 those N rows, -1 = none). Logits are cosine similarities / temperature, the positive at
 column 0; distractors equal to the positive are set to -inf. The computation is
 ``sslseq.kernels.contrastive_loss`` (path by device or $SSLSEQ_KERNEL_PATH: the fused Triton
-kernel on CUDA; on CPU chunked gathers, never a (K+1, N, D) copy, in forward or backward).
+kernel on CUDA; on CPU chunked gathers of ``kernels.contrastive.CHUNK_ELEMS`` elements, never a
+(K+1, N, D) copy, in forward or backward).
 """
 
 from __future__ import annotations
@@ -14,12 +15,8 @@ from __future__ import annotations
 import torch
 
 from sslseq import kernels
-from sslseq.kernels import contrastive as _kc
 
-__all__ = ["sample_negatives", "negative_dot", "contrastive_logits", "contrastive_loss"]
-
-# Elements of one gathered (rows, K, D) chunk: bounds the temporary at 16 MB in fp32.
-_CHUNK_ELEMS = 1 << 22
+__all__ = ["sample_negatives", "contrastive_loss"]
 
 
 def _draw_excluding_self(n_others: torch.Tensor, self_pos: torch.Tensor, k: int, generator, device) -> torch.Tensor:
@@ -71,27 +68,6 @@ def sample_negatives(
     return torch.cat(parts, dim=1)
 
 
-def negative_dot(c: torch.Tensor, t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """(N, K) dot products of rows ``c`` (N, D) with rows ``t[idx]`` (``idx`` (N, K) in [0, M))."""
-    return _kc.negative_dot(c, t, idx, _CHUNK_ELEMS)
-
-
-def contrastive_logits(
-    context: torch.Tensor,
-    targets: torch.Tensor,
-    neg_idx: torch.Tensor,
-    target_codes: torch.Tensor | None = None,
-    temperature: float = 0.1,
-) -> torch.Tensor:
-    """(N, K+1) logits (float32, or float64 for float64 inputs): cos(context_i, [targets_i, targets[neg_idx_i]]) / temperature.
-
-    ``context``, ``targets`` (N, D); ``neg_idx`` (N, K), -1 = no negative (logit -inf);
-    negatives identical to the positive get -inf (fairseq ``neg_is_pos``): compared by code ids
-    when ``target_codes`` (N, G) is given (the same codes give the same vector), else by value.
-    """
-    return _kc.chunked_logits(context, targets, neg_idx, target_codes, temperature, _CHUNK_ELEMS)
-
-
 def contrastive_loss(
     context: torch.Tensor,
     targets: torch.Tensor,
@@ -100,7 +76,6 @@ def contrastive_loss(
     temperature: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed InfoNCE cross-entropy (target: column 0) and the number of frames whose positive
-    scores highest (fairseq's accuracy: argmax is 0 and not all logits tie)."""
-    if kernels.resolve_path(None, context.device) == "chunked":
-        return _kc.contrastive_loss_chunked(context, targets, neg_idx, target_codes, temperature, _CHUNK_ELEMS)
+    scores highest (fairseq's accuracy: argmax is 0 and not all logits tie). The kernels'
+    dispatcher picks the implementation for the device (``sslseq.kernels.contrastive_loss``)."""
     return kernels.contrastive_loss(context, targets, neg_idx, target_codes, temperature)
