@@ -132,7 +132,7 @@ def cmd_feats_check(a: argparse.Namespace) -> None:
 
 
 def cmd_kmeans_fit(a: argparse.Namespace) -> None:
-    from sslseq.cluster.kmeans import fit_kmeans_on_features
+    from sslseq.cluster.jobs import fit_kmeans_on_features
 
     fit_kmeans_on_features(
         Path(a.feat_dir),
@@ -146,7 +146,7 @@ def cmd_kmeans_fit(a: argparse.Namespace) -> None:
 
 
 def cmd_kmeans_label(a: argparse.Namespace) -> None:
-    from sslseq.cluster.kmeans import label_features
+    from sslseq.cluster.jobs import label_features
 
     label_features(Path(a.model), Path(a.feat_dir), Path(a.out), device=a.device, nj=a.nj, rank=a.rank)
 

@@ -11,16 +11,10 @@ import pytest
 import torch
 import yaml
 
-from sslseq.cluster.kmeans import (
-    assign,
-    fit_kmeans,
-    fit_kmeans_on_features,
-    inertia,
-    kmeans_plus_plus_init,
-    label_features,
-    load_kmeans,
-    sample_frames,
-)
+from sslseq.cluster.jobs import fit_kmeans_on_features, label_features
+from sslseq.cluster.kmeans import assign, fit_kmeans, inertia, kmeans_plus_plus_init
+from sslseq.cluster.model_file import load_kmeans
+from sslseq.cluster.sampling import sample_frames
 from sslseq.cluster.labels import cluster_purity_pnmi
 from sslseq.data.labels import check_labels_match, read_labels
 from sslseq.features.store import FeatureStore, write_meta, write_shard

@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sslseq.cluster.kmeans import assign, fit_kmeans, fit_kmeans_on_features, load_kmeans, sample_frames
+from sslseq.cluster.jobs import fit_kmeans_on_features
+from sslseq.cluster.kmeans import assign, fit_kmeans
+from sslseq.cluster.model_file import load_kmeans
+from sslseq.cluster.sampling import sample_frames
 from sslseq.utils import SslseqError
 from multiproc import TIMEOUT, gloo_group, spawn, torchrun
 from test_kmeans import blobs, make_feat_dir

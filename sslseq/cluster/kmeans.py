@@ -1,4 +1,5 @@
-"""Offline k-means for HuBERT-style targets: fit on sampled frames, label every utterance.
+"""Offline k-means for HuBERT-style targets: the algorithm, on tensors (the feature-dir jobs
+that use it are ``cluster/jobs.py``, the model file ``cluster/model_file.py``).
 
 The core is plain torch (CPU, or CUDA when present). Distances are computed in row
 chunks as ``||c||^2 - 2 x.c`` (``||x||^2`` is constant per row), so memory is at most
@@ -16,26 +17,19 @@ world-size-1 case of the same code.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import numpy as np
 import torch
-import yaml
 
-from sslseq.data.labels import LABELS_DICT, LABELS_FILES, LABELS_META
+from sslseq.cluster.ranks import Ranks
 from sslseq.hw import resolve_device
-from sslseq.utils import SslseqError, atomic_path, atomic_write_text, file_record, get_logger, progress
+from sslseq.utils import SslseqError, get_logger
 
 log = get_logger("sslseq.cluster.kmeans")
 
-# Rows per distance chunk: a (CHUNK, K) float32 block stays cache-sized for K of a few hundred.
 CHUNK = 1024
-DICT_NAME = LABELS_DICT
 
 
 def _chunk_rows(k: int, device: torch.device) -> int:
@@ -188,108 +182,6 @@ def _kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator, n_loc
     return centers
 
 
-class _Ranks:
-    """This process's share of a k-means fit and the collectives the fit needs.
-
-    The fit's points are split over the processes of the torch.distributed group in rank
-    order: rank r holds global rows [lo, hi). With one process (``distributed=False``, or a
-    group of size 1) every collective is the identity, so the single-process fit is the same
-    code with no communication.
-    """
-
-    def __init__(self, n_local: int, *, distributed: bool, device: torch.device):
-        self.world, self.rank, self.comm_device = 1, 0, device
-        if distributed:
-            import torch.distributed as dist
-
-            if not (dist.is_available() and dist.is_initialized()):
-                raise SslseqError("distributed k-means needs an initialised torch.distributed group (run under torchrun)")
-            self.world, self.rank = dist.get_world_size(), dist.get_rank()
-            # NCCL reduces CUDA tensors only; gloo takes CPU tensors.
-            nccl = "nccl" in str(dist.get_backend()).lower()
-            self.comm_device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
-        sizes = self.all_gather(torch.tensor([n_local], dtype=torch.int64)).tolist()
-        self.n = int(sum(sizes))
-        self.lo = int(sum(sizes[: self.rank]))
-        self.hi = self.lo + int(n_local)
-
-    def all_sum(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
-        """Element-wise sums over the processes, in one float64 all-reduce (inputs untouched)."""
-        if self.world == 1:
-            return list(tensors)
-        import torch.distributed as dist
-
-        flat = torch.cat([t.reshape(-1).to(self.comm_device, torch.float64) for t in tensors])
-        dist.all_reduce(flat)
-        out, at = [], 0
-        for t in tensors:
-            out.append(flat[at : at + t.numel()].reshape(t.shape).to(t.device, t.dtype))
-            at += t.numel()
-        return out
-
-    def broadcast(self, t: torch.Tensor) -> torch.Tensor:
-        """Rank 0's ``t`` on every process (a collective that makes identical what must be)."""
-        if self.world == 1:
-            return t
-        import torch.distributed as dist
-
-        buf = t.to(self.comm_device).contiguous()
-        dist.broadcast(buf, src=0)
-        return buf.to(t.device)
-
-    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
-        """Every process's ``t`` (same shape on all) concatenated along dim 0 in rank order."""
-        if self.world == 1:
-            return t
-        import torch.distributed as dist
-
-        buf = t.to(self.comm_device).contiguous()
-        out = [torch.empty_like(buf) for _ in range(self.world)]
-        dist.all_gather(out, buf)
-        return torch.cat(out).to(t.device)
-
-    def local_rows(self, idx: torch.Tensor) -> torch.Tensor:
-        """The global row indices ``idx`` that this process holds, as local indices, in the order of ``idx``."""
-        if self.world == 1:
-            return idx
-        return idx[(idx >= self.lo) & (idx < self.hi)] - self.lo
-
-    def gather_rows(self, x: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
-        """Global rows ``idx`` (None: all rows) of the split matrix, on every process, in the order of ``idx``.
-
-        Each process fills the rows it holds into a zero matrix and the matrices are summed:
-        adding zeros is exact, so every process gets the very rows of one process's fit.
-        """
-        if self.world == 1:
-            return x if idx is None else x[idx.to(x.device)]
-        if idx is None:
-            idx = torch.arange(self.n)
-        idx = idx.cpu()
-        buf = torch.zeros(len(idx), x.shape[1], dtype=torch.float32, device=x.device)
-        mine = torch.nonzero((idx >= self.lo) & (idx < self.hi)).flatten()
-        buf[mine.to(x.device)] = x[(idx[mine] - self.lo).to(x.device)].float()
-        import torch.distributed as dist
-
-        buf = buf.to(self.comm_device)
-        dist.all_reduce(buf)
-        return buf.to(x.device)
-
-    def farthest(self, score: torch.Tensor, x: torch.Tensor, m: int) -> torch.Tensor:
-        """The rows of the (up to) ``m`` points with the largest ``score`` over all processes, largest first."""
-        m_local = min(m, score.shape[0])
-        vals, idx = torch.topk(score, m_local)
-        rows = x[idx.to(x.device)].to(score.device, torch.float32)
-        if self.world == 1:
-            return rows
-        # Pad to m per process so the gather has one shape; padding never wins (-inf).
-        pad = m - m_local
-        vals = torch.cat([vals.float(), torch.full((pad,), -math.inf, device=vals.device)])
-        rows = torch.cat([rows, torch.zeros(pad, x.shape[1], device=rows.device)])
-        all_vals, all_rows = self.all_gather(vals), self.all_gather(rows)
-        best = torch.topk(all_vals, min(m, self.n)).indices
-        return all_rows[best]
-
-
 def fit_kmeans(
     x: torch.Tensor,
     k: int,
@@ -332,7 +224,7 @@ def fit_kmeans(
     workers = _cpu_workers(dev, cpu_threads)
     if x.ndim != 2:
         raise SslseqError(f"k-means expects a (frames, dim) matrix, got shape {tuple(x.shape)}")
-    ranks = _Ranks(x.shape[0], distributed=distributed, device=dev)
+    ranks = Ranks(x.shape[0], distributed=distributed, device=dev)
     # Torch ops run single-threaded; the big passes split rows over ``workers`` threads instead.
     with _torch_threads(1 if dev.type == "cpu" else None):
         return _fit(x, k, max_iter=max_iter, tol=tol, seed=seed, batch_size=batch_size, dev=dev,
@@ -449,7 +341,7 @@ def _lloyd(
     t0: float,
     verbose: bool,
     workers: int = 1,
-    ranks: _Ranks | None = None,
+    ranks: Ranks | None = None,
 ):
     """Full-batch Lloyd with Hamerly's bounds (exact: same iterates as plain Lloyd).
 
@@ -465,7 +357,7 @@ def _lloyd(
     are local; each iteration all-reduces the sums and counts (one K x (D+1) float64 message),
     from which every process computes the same inertia, stopping test and centroids.
     """
-    ranks = ranks or _Ranks(x.shape[0], distributed=False, device=centroids.device)
+    ranks = ranks or Ranks(x.shape[0], distributed=False, device=centroids.device)
     k = centroids.shape[0]
     dev = centroids.device
     # Row norms in float32 (each ~1e-7 relative), summed in float64: ample for a relative tol >= 1e-6.
@@ -569,366 +461,3 @@ def _minibatch(
         if stale >= 10 * steps_per_epoch or stale >= 100:
             return centroids, epoch
     return centroids, max_iter
-
-
-# ------------------------------------------------------------------ feature dirs
-
-
-def sample_frames(
-    feat_dir: Path,
-    *,
-    sample_frac: float = 1.0,
-    max_frames: int = 2_000_000,
-    seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-) -> tuple[np.ndarray, dict]:
-    """Seeded sample of frames from a feature dir, read memory-mapped (never the whole corpus).
-
-    A fraction ``sample_frac`` of the utterances (at least one) is drawn, then, if their
-    frames exceed ``max_frames``, ``max_frames`` of those frames are drawn uniformly
-    without replacement. The sample is in data-dir order. Returns (frames (n, dim) float32,
-    the store's meta plus ``sampled_frames``: the size of the whole sample).
-
-    With ``world_size`` > 1, only block ``rank`` of the sample is read and returned: the
-    sample is split into ``world_size`` contiguous blocks (sizes differ by at most one), so
-    each process reads a contiguous run of utterances, and the blocks of ranks 0, 1, ...
-    concatenated are exactly the one-process sample (the draws do not depend on the split).
-    """
-    from sslseq.features.store import FeatureStore, shard_bounds
-
-    if not 0.0 < sample_frac <= 1.0:
-        raise SslseqError(f"--sample-frac {sample_frac} must be in (0, 1]")
-    if max_frames < 1:
-        raise SslseqError(f"--max-frames {max_frames} must be positive")
-    store = FeatureStore(feat_dir)
-    rng = np.random.default_rng(seed)
-    n_utts = len(store)
-    if n_utts == 0 or store.num_frames == 0:
-        raise SslseqError(f"{feat_dir}: the feature dir holds no frames; check the data dir and rerun the dump")
-    # Per-utterance (shard, row offset, length) in data-dir order.
-    shard_of = np.concatenate([np.full(len(s.utts), i, np.int64) for i, s in enumerate(store.shards)])
-    offsets = np.concatenate([s.offsets for s in store.shards])
-    lengths = store.lengths
-    n_pick = n_utts if sample_frac >= 1.0 else max(1, int(round(sample_frac * n_utts)))
-    picked = np.arange(n_utts) if n_pick == n_utts else np.sort(rng.choice(n_utts, n_pick, replace=False))
-    picked = picked[lengths[picked] > 0]
-    p_len = lengths[picked]
-    total = int(p_len.sum())
-    if total == 0:
-        raise SslseqError(f"{feat_dir}: the sampled utterances hold no frames; raise --sample-frac")
-    take = min(total, max_frames)
-    # Sorted positions of the sampled frames in the concatenation of the picked utterances.
-    frame_idx = None if take == total else _sample_without_replacement(rng, total, take)
-    starts = np.concatenate([[0], np.cumsum(p_len)[:-1]])
-    lo, hi = shard_bounds(take, world_size, rank)
-    out = np.empty((hi - lo, store.dim), np.float32)
-    block = 1 << 18
-    bar = progress(None, desc="sampling frames", total=hi - lo, unit="frame")
-    try:
-        for b in range(lo, hi, block):
-            e = min(hi, b + block)
-            g = np.arange(b, e, dtype=np.int64) if frame_idx is None else frame_idx[b:e]
-            u = np.searchsorted(starts, g, side="right") - 1  # which picked utterance each frame is in
-            shard = shard_of[picked[u]]
-            rows = offsets[picked[u]] + (g - starts[u])
-            # Rows are sorted, so each shard's rows are one run: gather them from its memmap.
-            cuts = np.flatnonzero(np.diff(shard)) + 1
-            for run_lo, run_hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(g)]])):
-                out[b - lo + run_lo : b - lo + run_hi] = store.shards[shard[run_lo]].frames[rows[run_lo:run_hi]]
-            bar.update(e - b)
-    finally:
-        bar.close()
-    return out, {**store.meta, "sampled_frames": take}
-
-
-def _sample_without_replacement(rng: np.random.Generator, population: int, size: int) -> np.ndarray:
-    """Sorted uniform sample of ``size`` distinct ints in [0, population), memory O(size)."""
-    if population <= 4 * size:
-        return np.sort(rng.choice(population, size, replace=False))
-    # Sparse case: draw with replacement, drop duplicates, top up; then trim to ``size`` at random.
-    got = np.unique(rng.integers(0, population, size + size // 8 + 16))
-    while len(got) < size:
-        got = np.unique(np.concatenate([got, rng.integers(0, population, size - len(got) + 16)]))
-    return np.sort(rng.choice(got, size, replace=False))
-
-
-def _start_distributed(device: str) -> tuple[bool, bool, torch.device]:
-    """(distributed, whether this call initialised the group, the device) for a fit.
-
-    Distributed when a torch.distributed group of more than one process is initialised, or
-    when torchrun's environment says WORLD_SIZE > 1: then the group is initialised here from
-    that environment (MASTER_ADDR/PORT, RANK, WORLD_SIZE) with NCCL on CUDA and gloo on the
-    CPU, and a CUDA device is this process's LOCAL_RANK.
-    """
-    import torch.distributed as dist
-
-    dev = resolve_device(device)
-    created = False
-    if not (dist.is_available() and dist.is_initialized()):
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return False, False, dev
-        if not dist.is_available():
-            raise SslseqError("WORLD_SIZE > 1 but this torch build has no torch.distributed; run one process")
-        if dev.type == "cuda":
-            if dev.index is None:
-                dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(dev)
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-        created = True
-    elif dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return dist.get_world_size() > 1, created, dev
-
-
-def fit_kmeans_on_features(
-    feat_dir: Path,
-    model_path: Path,
-    *,
-    k: int,
-    sample_frac: float = 1.0,
-    max_frames: int = 2_000_000,
-    seed: int = 0,
-    device: str = "auto",
-    max_iter: int = 100,
-    tol: float = 1e-3,
-) -> None:
-    """Fit k-means on sampled frames of ``feat_dir``; save centroids + metadata to ``model_path`` (safetensors).
-
-    Under torchrun (see ``_start_distributed``) each process reads its block of the sample
-    (``sample_frames(rank=, world_size=)``) and the fit all-reduces the cluster statistics;
-    the model equals a one-process fit up to float summation order, and rank 0 alone writes it.
-    """
-    import torch.distributed as dist
-    from safetensors.torch import save_file
-
-    feat_dir, model_path = Path(feat_dir), Path(model_path)
-    distributed, created, dev = _start_distributed(device)
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    try:
-        frames, meta = sample_frames(
-            feat_dir, sample_frac=sample_frac, max_frames=max_frames, seed=seed, rank=rank, world_size=world
-        )
-        n_frames = int(meta["sampled_frames"])
-        if n_frames < k:  # the same on every process: the sample does not depend on the split
-            raise SslseqError(
-                f"{feat_dir}: only {n_frames} frames sampled for k={k} clusters; raise --sample-frac or lower --k"
-            )
-        if rank == 0:
-            log.info(
-                "fitting k-means: k=%d on %d frames x %d dims from %s%s", k, n_frames, frames.shape[1], feat_dir,
-                f" ({world} processes)" if world > 1 else "",
-            )
-        centroids, inert, n_iter = fit_kmeans(
-            torch.from_numpy(frames), k, max_iter=max_iter, tol=tol, seed=seed, device=dev, distributed=distributed
-        )
-        if rank == 0:
-            metadata = {
-                "k": str(k),
-                "dim": str(frames.shape[1]),
-                "frame_rate": repr(float(meta["frame_rate"])),
-                "feat_type": str(meta.get("type", "")),
-                "inertia": repr(inert),
-                "n_frames": str(n_frames),
-                "n_iter": str(n_iter),
-                "seed": str(seed),
-                "sample_frac": repr(float(sample_frac)),
-                "max_frames": str(max_frames),
-                "feat_dir": str(feat_dir),
-            }
-            with atomic_path(model_path) as tmp:
-                save_file({"centroids": centroids.float().contiguous()}, str(tmp), metadata=metadata)
-            log.info(
-                "wrote %s: k=%d, inertia %.6g (%.4g per frame) after %d iterations",
-                model_path, k, inert, inert / n_frames, n_iter,
-            )
-        if distributed:
-            dist.barrier()  # every process returns once the model is in place
-    finally:
-        if created:
-            dist.destroy_process_group()
-
-
-def load_kmeans(model_path: Path) -> tuple[torch.Tensor, dict]:
-    """(centroids (K, D) float32, metadata with k/dim/n_frames as int, frame_rate/inertia as float)."""
-    from safetensors import safe_open
-
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise SslseqError(f"k-means model {model_path} not found; run 'sslseq kmeans fit' first")
-    try:
-        with safe_open(str(model_path), framework="pt") as f:
-            raw = dict(f.metadata() or {})
-            if "centroids" not in f.keys():
-                raise SslseqError(f"{model_path}: no 'centroids' tensor; not a sslseq k-means model (refit it)")
-            centroids = f.get_tensor("centroids").float()
-    except SslseqError:
-        raise
-    except Exception as e:  # corrupt or foreign file
-        raise SslseqError(f"{model_path}: cannot read k-means model ({e}); refit it with 'sslseq kmeans fit'") from None
-    meta: dict = dict(raw)
-    for key in ("k", "dim", "n_frames", "n_iter", "seed", "max_frames"):
-        if key in raw:
-            meta[key] = int(raw[key])
-    for key in ("frame_rate", "inertia", "sample_frac"):
-        if key in raw:
-            meta[key] = float(raw[key])
-    if centroids.ndim != 2 or ("k" in meta and centroids.shape[0] != meta["k"]):
-        raise SslseqError(f"{model_path}: centroids of shape {tuple(centroids.shape)} disagree with k={meta.get('k')}")
-    meta.setdefault("k", centroids.shape[0])
-    meta.setdefault("dim", centroids.shape[1])
-    return centroids, meta
-
-
-PART_HEADER = "#sslseq-km-part"
-
-
-def label_features(
-    model_path: Path, feat_dir: Path, out_path: Path, *, device: str = "auto", nj: int = 1, rank: int | None = None
-) -> None:
-    """Label every frame of ``feat_dir`` with its nearest centroid, optionally as ``nj`` jobs.
-
-    The utterances are split into ``nj`` contiguous blocks in data-dir order: the feature
-    dir's own shards when ``nj`` equals its shard count, else an even re-split by utterance.
-    With ``rank`` set, only block ``rank`` is labelled, into ``OUT.km.parts/<rank>_<nj>.km``
-    (atomically; skipped when that part is already there for this model and these features).
-    Without ``rank``, every missing or stale part is labelled here, then the parts are joined
-    into ``out_path`` (one line of space-separated cluster ids per utterance, data-dir
-    order) beside ``<set>.utts`` (the utterance ids, same order), ``dict.km.txt`` (fairseq
-    dictionary) and ``labels.yaml`` (label_rate, k, dim, and the size and SHA-256 of each set's
-    ``.km`` and ``.utts`` under ``files``), all written atomically, and the
-    parts are removed. A part starts with a header line holding a fingerprint of the model,
-    the feature dir and the split, so parts of another run are never joined.
-    """
-    from sslseq.features.store import FeatureStore, shard_bounds
-
-    model_path, feat_dir, out_path = Path(model_path), Path(feat_dir), Path(out_path)
-    if nj < 1:
-        raise SslseqError(f"--nj {nj} must be at least 1")
-    if rank is not None and not 0 <= rank < nj:
-        raise SslseqError(f"--rank {rank} is outside 0..{nj - 1} (--nj {nj})")
-    centroids, meta = load_kmeans(model_path)
-    store = FeatureStore(feat_dir)
-    k, dim = centroids.shape
-    if store.dim != dim:
-        raise SslseqError(
-            f"feature dim {store.dim} of {feat_dir} differs from k-means model dim {dim} of {model_path}; "
-            "label with a model fitted on the same feature type"
-        )
-    label_rate = store.frame_rate
-    if "frame_rate" in meta and not math.isclose(meta["frame_rate"], label_rate, rel_tol=1e-6):
-        log.warning("%s was fitted on %g Hz features but %s is %g Hz", model_path, meta["frame_rate"], feat_dir, label_rate)
-    labels_meta = {"label_rate": float(label_rate), "k": int(k), "dim": int(dim)}
-    meta_path = out_path.parent / LABELS_META
-    old: dict = {}
-    if meta_path.is_file():
-        old = yaml.safe_load(meta_path.read_text()) or {}
-        if float(old.get("label_rate", -1)) != labels_meta["label_rate"] or int(old.get("k", -1)) != k:
-            raise SslseqError(
-                f"{meta_path} says label_rate={old.get('label_rate')}, k={old.get('k')} but {model_path} on {feat_dir} "
-                f"gives label_rate={label_rate}, k={k}; write these labels to another dir or delete the old ones"
-            )
-
-    # Utterance blocks [lo, hi) of the jobs.
-    if nj == store.nj:
-        ends = np.cumsum([len(sh.utts) for sh in store.shards]).tolist()
-        blocks = list(zip([0] + ends[:-1], ends))
-    else:
-        blocks = [shard_bounds(len(store), nj, r) for r in range(nj)]
-    parts_dir = out_path.parent / f"{out_path.name}.parts"
-    source = _label_source_id(centroids, store)
-    part_of = {r: parts_dir / f"{r}_{nj}.km" for r in range(nj)}
-
-    def header(r: int) -> str:
-        lo, hi = blocks[r]
-        return f"{PART_HEADER} {source} block={r}/{nj} utts={lo}:{hi}\n"
-
-    def done(r: int) -> bool:
-        try:
-            with open(part_of[r], encoding="utf-8") as f:
-                return f.readline() == header(r)
-        except FileNotFoundError:
-            return False
-
-    dev = resolve_device(device)
-    c = centroids.to(dev)
-    todo = [rank] if rank is not None else list(range(nj))
-    redone = 0
-    for r in todo:
-        if done(r):
-            if rank is not None:
-                log.info("%s is already labelled with this model; skipping it", part_of[r])
-            continue
-        _label_block(store, c, *blocks[r], part_of[r], header(r))
-        redone += 1
-    if rank is not None:
-        return
-    if nj > 1:
-        log.info("joining %d parts of %s (%d labelled by the jobs, %d here)", nj, out_path.name, nj - redone, redone)
-
-    with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for r in range(nj):
-            with open(part_of[r], encoding="utf-8") as part:
-                if part.readline() != header(r):  # replaced under us by another run
-                    raise SslseqError(f"{part_of[r]} changed while joining the parts; rerun 'sslseq kmeans label'")
-                while buf := part.read(1 << 20):
-                    f.write(buf)
-    utts_path = out_path.with_suffix(".utts")
-    atomic_write_text(utts_path, "".join(f"{u}\n" for u in store.utts))
-    atomic_write_text(out_path.parent / DICT_NAME, "".join(f"{i} 1\n" for i in range(k)))
-    # The size and checksum of each set's files (other sets' entries kept), checked by their readers.
-    kept = old.get(LABELS_FILES) if isinstance(old.get(LABELS_FILES), dict) else {}
-    files = {n: r for n, r in kept.items() if n not in (out_path.name, utts_path.name)}
-    files.update({p.name: file_record(p) for p in (out_path, utts_path)})
-    labels_meta[LABELS_FILES] = dict(sorted(files.items()))
-    atomic_write_text(meta_path, yaml.safe_dump(labels_meta, sort_keys=False))
-    for path in part_of.values():
-        path.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        parts_dir.rmdir()  # left in place if it holds parts of another --nj
-    log.info("wrote %s (%d utterances, %d frames, k=%d, %g labels/s)", out_path, len(store), store.num_frames, k, label_rate)
-
-
-def _label_source_id(centroids: torch.Tensor, store) -> str:
-    """Fingerprint of what labels are made from: the centroids and the feature files (meta, sizes, times)."""
-    from sslseq.features.store import shard_name
-
-    h = hashlib.sha256(centroids.float().contiguous().numpy().tobytes())
-    h.update(yaml.safe_dump(store.meta, sort_keys=True).encode())
-    for r in range(store.nj):
-        for ext in ("npy", "len", "utts"):
-            path = store.dir / f"{shard_name(r, store.nj)}.{ext}"
-            st = path.stat()
-            h.update(f"{path.name} {st.st_size} {st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:20]
-
-
-def _label_block(store, centroids: torch.Tensor, lo: int, hi: int, part_path: Path, header: str) -> None:
-    """Label utterances [lo, hi) (data-dir order) of ``store`` into ``part_path`` (atomically), after ``header``."""
-    step = 1 << 16
-    first = 0  # data-dir index of the current shard's first utterance
-    spans = []  # (shard, its first and last+1 utterance in the block)
-    for shard in store.shards:
-        a, b = max(lo, first) - first, min(hi, first + len(shard.utts)) - first
-        if a < b:
-            spans.append((shard, a, b))
-        first += len(shard.utts)
-    n_frames = sum(int(sh.lengths[a:b].sum()) for sh, a, b in spans)
-    bar = progress(None, desc=f"labelling {part_path.name}", total=n_frames, unit="frame")
-    try:
-        with atomic_path(part_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            f.write(header)
-            for shard, a, b in spans:
-                f0 = int(shard.offsets[a])
-                f1 = int(shard.offsets[b - 1] + shard.lengths[b - 1])
-                lab = np.empty(f1 - f0, np.int64)
-                for s in range(f0, f1, step):
-                    e = min(f1, s + step)
-                    xb = torch.from_numpy(np.array(shard.frames[s:e], dtype=np.float32))  # copy: memmaps are read-only
-                    lab[s - f0 : e - f0] = assign(xb, centroids, need_dist=False)[0].cpu().numpy()
-                    bar.update(e - s)
-                for off, ln in zip(shard.offsets[a:b] - f0, shard.lengths[a:b]):
-                    f.write(" ".join(map(str, lab[off : off + ln].tolist())))
-                    f.write("\n")
-    finally:
-        bar.close()

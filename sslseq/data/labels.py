@@ -1,5 +1,6 @@
 """The label dir format (``<set>.km`` + ``.utts``, ``labels.yaml``, fairseq's ``dict.km.txt``):
-reading label files and checking them against features or audio. Written by ``sslseq.cluster.kmeans``.
+reading and writing label files, and checking them against features or audio (the labels
+themselves are made by ``sslseq.cluster.jobs.label_features``).
 
 ``labels.yaml`` holds ``label_rate`` (Hz), ``k`` and ``dim``, and under ``files`` the size and
 SHA-256 of each set's ``.km`` and ``.utts`` as written; ``read_labels`` checks them, so a label
@@ -12,7 +13,9 @@ from typing import Sequence
 
 import numpy as np
 
-from sslseq.utils import SslseqError, check_file_record, read_yaml_mapping
+import yaml
+
+from sslseq.utils import SslseqError, atomic_write_text, check_file_record, file_record, read_yaml_mapping
 
 LABELS_META = "labels.yaml"
 LABELS_DICT = "dict.km.txt"  # fairseq's dictionary: one line per cluster
@@ -20,6 +23,37 @@ LABELS_FILES = "files"  # labels.yaml: file name -> {bytes, sha256} as written
 RELABEL = "rerun 'sslseq kmeans label' (recipe stage 3)"
 # fairseq's HuBERT dataset allows labels and frames to differ by this many (padding/rounding).
 LENGTH_TOLERANCE = 2
+
+
+def check_label_dir_accepts(label_dir: Path, label_rate: float, k: int, source: str) -> None:
+    """Refuse to add a set to a label dir whose ``labels.yaml`` says another rate or K
+    (``source``: what the new labels come from, for the message)."""
+    meta_path = Path(label_dir) / LABELS_META
+    if not meta_path.is_file():
+        return
+    old = yaml.safe_load(meta_path.read_text()) or {}
+    if float(old.get("label_rate", -1)) != label_rate or int(old.get("k", -1)) != k:
+        raise SslseqError(
+            f"{meta_path} says label_rate={old.get('label_rate')}, k={old.get('k')} but {source} "
+            f"gives label_rate={label_rate}, k={k}; write these labels to another dir or delete the old ones"
+        )
+
+
+def finish_label_set(km_path: Path, utts: Sequence[str], *, label_rate: float, k: int, dim: int) -> None:
+    """Complete a set whose ``<set>.km`` is in place: write ``<set>.utts``, ``dict.km.txt`` and
+    ``labels.yaml`` with the size and SHA-256 of this set's files (other sets' records kept),
+    each atomically."""
+    km_path = Path(km_path)
+    meta_path = km_path.parent / LABELS_META
+    old = (yaml.safe_load(meta_path.read_text()) or {}) if meta_path.is_file() else {}
+    utts_path = km_path.with_suffix(".utts")
+    atomic_write_text(utts_path, "".join(f"{u}\n" for u in utts))
+    atomic_write_text(km_path.parent / LABELS_DICT, "".join(f"{i} 1\n" for i in range(k)))
+    kept = old.get(LABELS_FILES) if isinstance(old.get(LABELS_FILES), dict) else {}
+    files = {n: r for n, r in kept.items() if n not in (km_path.name, utts_path.name)}
+    files.update({p.name: file_record(p) for p in (km_path, utts_path)})
+    meta = {"label_rate": float(label_rate), "k": int(k), "dim": int(dim), LABELS_FILES: dict(sorted(files.items()))}
+    atomic_write_text(meta_path, yaml.safe_dump(meta, sort_keys=False))
 
 
 def read_labels(km_path: Path) -> tuple[list[str] | None, list[np.ndarray], dict]:
