@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The embedded English corpus: synthesized offline with espeak-ng from public-domain
 # sentences (King James Bible, Debian's bible-kjv), 40+ speakers, 16 kHz.
-#   bash run.sh                       # the whole recipe (about 3 h of audio; ~45 min on 2 cores)
+#   bash run.sh                       # the whole recipe (10 h of audio; 35-45 min on 2 cores with native bf16)
 #   bash run.sh --tiny true           # a few minutes of audio, a few steps (what the tests run)
 #   bash run.sh --stage 6 --subsets 10min
 # All options: bash run.sh --help
