@@ -22,7 +22,7 @@ from sslseq.models import ModelOutput
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.utils import SslseqError, get_logger
 
-__all__ = ["CTCConfig", "CTCModel"]
+__all__ = ["CTCConfig", "CTCModel", "ctc_loss", "without_top_level_ft"]
 
 log = get_logger(__name__)
 
@@ -36,6 +36,25 @@ _TRANSFORMER_FT_FIELDS = ("dropout", "attention_dropout", "activation_dropout", 
 _TOP_LEVEL_FT = {"feature_grad_mult", "mask_prob", "mask_length", "mask_channel_prob", "mask_channel_length",
                  "dropout_input", "dropout", "attention_dropout", "activation_dropout", "layerdrop"}
 TOP_LEVEL_FT_FIELDS = frozenset(_TOP_LEVEL_FT)  # public name for callers filtering encoder overrides
+
+
+def without_top_level_ft(encoder: dict[str, Any]) -> dict[str, Any]:
+    """A ``model.encoder`` section without the fine-tuning keys CTCConfig sets at its top level
+    (``TOP_LEVEL_FT_FIELDS``, at both levels): the trainer drops them from an encoder section
+    written for init=none when the encoder comes from a pretrained model."""
+    enc = {k: v for k, v in encoder.items() if k not in _TOP_LEVEL_FT}
+    if isinstance(enc.get("encoder"), dict):
+        enc["encoder"] = {k: v for k, v in enc["encoder"].items() if k not in _TOP_LEVEL_FT}
+    return enc
+
+
+def ctc_loss(lp: torch.Tensor, lens: torch.Tensor, targets: torch.Tensor, target_lens: torch.Tensor,
+             blank: int) -> torch.Tensor:
+    """CTC loss summed over the batch (zero_infinity) of (B, T, V) log-probs ``lp`` with (B,)
+    output lengths and padded (B, S) ``targets``: the training loss and the trainer's validation."""
+    valid = torch.arange(targets.size(1), device=lp.device)[None, :] < target_lens[:, None]
+    return F.ctc_loss(lp.transpose(0, 1), targets[valid], lens, target_lens,
+                      blank=blank, reduction="sum", zero_infinity=True)
 
 
 @dataclass
@@ -182,10 +201,7 @@ class CTCModel(nn.Module):
                 f"CTC target id {int(flat[bad][0])} is invalid: ids must be in [0, {self.cfg.vocab_size}) "
                 f"and differ from blank_id {self.cfg.blank_id}; model.vocab_size must match the unit list"
             )
-        loss = F.ctc_loss(
-            lp.transpose(0, 1), flat, out_lens, target_lens,
-            blank=self.cfg.blank_id, reduction="sum", zero_infinity=True,
-        )
+        loss = ctc_loss(lp, out_lens, targets, target_lens, blank=self.cfg.blank_id)
         n_tokens = int(target_lens.sum())
         logs = {
             "loss": float(loss.detach()) / max(n_tokens, 1),

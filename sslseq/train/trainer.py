@@ -125,10 +125,12 @@ def resolve_precision(precision: str, cpu: bool) -> str:
 
 
 def _resolve_device(device: str) -> bool:
-    """True to run on CPU."""
+    """True to run on CPU (the one resolver, ``sslseq.hw``; its error spelled as the config key)."""
+    from sslseq import hw
+
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SslseqError(f"device={device} but no CUDA GPU is visible; use device=cpu or device=auto")
-    return device == "cpu" or not torch.cuda.is_available()
+    return hw.resolve_device(device).type == "cpu"
 
 
 class Trainer:
@@ -260,12 +262,9 @@ class Trainer:
         if isinstance(overrides.get("encoder"), dict):
             # The encoder comes from `init`; its config section (needed for init=none) may only
             # add fine-tuning fields, and those the CTC model sets at its top level are dropped.
-            from sslseq.models.ctc import _TOP_LEVEL_FT
+            from sslseq.models.ctc import without_top_level_ft
 
-            enc = {k: v for k, v in overrides["encoder"].items() if k not in _TOP_LEVEL_FT}
-            if isinstance(enc.get("encoder"), dict):
-                enc["encoder"] = {k: v for k, v in enc["encoder"].items() if k not in _TOP_LEVEL_FT}
-            overrides["encoder"] = enc
+            overrides["encoder"] = without_top_level_ft(overrides["encoder"])
         return CTCModel.from_pretrained(ssl_model, overrides)
 
     def _setup_optimizer(self) -> None:
@@ -507,6 +506,7 @@ class Trainer:
                         ss_sum += int(out.sample_size)
                         continue
                     from sslseq.asr.ctc_decode import greedy_decode
+                    from sslseq.models.ctc import ctc_loss
 
                     # One pass gives both the loss (as the model's eval forward computes it:
                     # unmasked, summed, zero_infinity) and the greedy hypotheses.
@@ -514,10 +514,7 @@ class Trainer:
                         lp, lens = model.log_probs(b["wav"], b["wav_lens"])
                     lp = lp.float()
                     valid = torch.arange(b["targets"].size(1), device=self.device)[None, :] < b["target_lens"][:, None]
-                    loss_sum += torch.nn.functional.ctc_loss(
-                        lp.transpose(0, 1), b["targets"][valid], lens, b["target_lens"],
-                        blank=self.tokenizer.blank_id, reduction="sum", zero_infinity=True,
-                    ).double()
+                    loss_sum += ctc_loss(lp, lens, b["targets"], b["target_lens"], blank=self.tokenizer.blank_id).double()
                     ss_sum += int(b["target_lens"].sum())
                     blank_stats += self._blank_stats(lp, lens, b["targets"], valid)
                     for ids in greedy_decode(lp, lens, blank=self.tokenizer.blank_id):
