@@ -42,6 +42,7 @@ from sslseq.train.config import (
     semantic_dict,
 )
 from sslseq.train.health import HealthMonitor
+from sslseq.train.tasks import make_task
 from sslseq.models.exp_dir import CONFIG, WEIGHTS, write_exp_dir
 from sslseq.models.train_log import LOG, JsonLog
 from sslseq.train.schedule import lr_at, warmup_steps
@@ -134,9 +135,10 @@ def _resolve_device(device: str) -> bool:
 
 
 class Trainer:
-    """Pretraining or CTC fine-tuning from a ``TrainConfig``.
+    """Pretraining or CTC fine-tuning from a ``TrainConfig``: the loop shared by both; what
+    differs (data and labels, model, validation, best checkpoint) is its task (``tasks.py``).
 
-    ``model`` may be given (tests); otherwise it is built from the config
+    ``model`` may be given (tests); otherwise the task builds it from the config
     (``sslseq.models``). ``fit(stop_at_step=N)`` stops after step N as if killed there.
     """
 
@@ -146,6 +148,7 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.digest = config_digest(cfg)
         self._given_model = model
+        self.task = make_task(cfg, model)  # what pretraining and CTC do differently
         self.tokenizer = None
         self.model_cfg: dict[str, Any] = dict(cfg.model)
 
@@ -158,12 +161,11 @@ class Trainer:
         cpu = _resolve_device(cfg.device)
         if cfg.precision == "fp16" and cpu:
             raise SslseqError("precision=fp16 needs a CUDA GPU; use precision=bf16 or fp32 on CPU")
-        unused = cfg.task == "ctc" if cfg.find_unused_parameters is None else cfg.find_unused_parameters
+        unused = self.task.find_unused_parameters if cfg.find_unused_parameters is None else cfg.find_unused_parameters
         self.accelerator = Accelerator(
             cpu=cpu,
             mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(cfg.precision, cpu)],
             gradient_accumulation_steps=cfg.optim.update_freq,
-            # CTC freezes the encoder for the first steps: its parameters then get no grads.
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
         )
         self.device = self.accelerator.device
@@ -171,40 +173,8 @@ class Trainer:
 
     def _build_data(self) -> None:
         cfg, d = self.cfg, self.cfg.data
-        if cfg.task == "ctc":
-            from sslseq.data.text import DEFAULT_UNITS, CharTokenizer
-
-            self.tokenizer = CharTokenizer.from_file(d.units) if d.units else CharTokenizer(DEFAULT_UNITS)
-        common = dict(
-            tokenizer=self.tokenizer,
-            max_sample_seconds=d.max_sample_seconds,
-            min_sample_seconds=d.min_sample_seconds,
-            sample_rate=d.sample_rate,
-            seed=cfg.seed,
-        )
-        from sslseq.models import needs_labels
-
-        given = self._given_model
-        self.use_labels = cfg.task == "pretrain" and needs_labels(given if given is not None else cfg.model)
-        if cfg.task == "pretrain" and not self.use_labels and (d.labels_train or d.labels_valid):
-            log.info("model %s needs no labels: data.labels_train / data.labels_valid are not read", cfg.model.get("name"))
-        labels_train = d.labels_train if self.use_labels else None
-        self.train_set = SpeechDataset(
-            d.train, labels=labels_train, random_crop=True, speed_factors=d.speed_perturb, **common
-        )
-        self.valid_set = None
-        if d.valid:
-            labels_valid = d.labels_valid if self.use_labels else None
-            self.valid_set = SpeechDataset(d.valid, labels=labels_valid, random_crop=False, **common)
-            if self.use_labels and (
-                self.valid_set.num_classes != self.train_set.num_classes
-                or self.valid_set.label_rate != self.train_set.label_rate
-            ):
-                raise SslseqError(
-                    f"{d.labels_valid}: k={self.valid_set.num_classes} at {self.valid_set.label_rate} Hz but "
-                    f"{d.labels_train}: k={self.train_set.num_classes} at {self.train_set.label_rate} Hz; "
-                    "label both sets with the same k-means model"
-                )
+        self.train_set, self.valid_set = self.task.datasets()
+        self.tokenizer = self.task.tokenizer
         acc = self.accelerator
         self.train_sampler = LengthBucketBatchSampler(
             self.train_set.durations,
@@ -224,48 +194,10 @@ class Trainer:
         )
 
     def _build_model(self) -> torch.nn.Module:
-        cfg = self.cfg
         if self._given_model is not None:
             return self._given_model
-        from sslseq.models import build_model
-
-        mcfg = dict(cfg.model)
-        if cfg.task == "pretrain":
-            mcfg.setdefault("name", "hubert")
-            if not self.use_labels:  # self-supervised targets (wav2vec 2.0): nothing to take from labels
-                self.model_cfg = mcfg
-                return build_model(mcfg)
-            for key, value in (("num_classes", self.train_set.num_classes), ("label_rate", self.train_set.label_rate)):
-                if key in cfg.model and cfg.model[key] != value:
-                    log.warning("model.%s=%s replaced by %s from the labels (%s)", key, cfg.model[key], value, cfg.data.labels_train)
-                mcfg[key] = value
-            self.model_cfg = mcfg
-            return build_model(mcfg)
-        # ctc
-        mcfg.setdefault("name", "ctc")
-        mcfg["vocab_size"] = len(self.tokenizer)
-        self.model_cfg = mcfg
-        if str(cfg.init).lower() == "none":
-            return build_model(mcfg)
-        init = Path(cfg.init)
-        if not (init / WEIGHTS).is_file() or not (init / CONFIG).is_file():
-            raise SslseqError(
-                f"init={cfg.init}: no trained model there ({WEIGHTS} and {CONFIG} are needed); "
-                "run pretraining (recipe stage 4) first, or pass init=none to train from random initialization"
-            )
-        from sslseq.models import load
-        from sslseq.models.ctc import CTCModel
-
-        log.info("initializing the encoder from %s", init)
-        ssl_model = load(init)
-        overrides = {k: v for k, v in mcfg.items() if k != "name"}
-        if isinstance(overrides.get("encoder"), dict):
-            # The encoder comes from `init`; its config section (needed for init=none) may only
-            # add fine-tuning fields, and those the CTC model sets at its top level are dropped.
-            from sslseq.models.ctc import without_top_level_ft
-
-            overrides["encoder"] = without_top_level_ft(overrides["encoder"])
-        return CTCModel.from_pretrained(ssl_model, overrides)
+        model, self.model_cfg = self.task.build_model()
+        return model
 
     def _setup_optimizer(self) -> None:
         o = self.cfg.optim
@@ -462,12 +394,7 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean loss per unit over the valid set; for CTC also greedy CER/WER and how blank the
-        output is: ``valid_blank_frac`` (blank argmax over valid frames), ``valid_empty_frac``
-        (empty hypotheses) and ``valid_short_frac`` (utterances with fewer frames than their
-        transcript needs: units plus one blank between repeated units)."""
-        from accelerate.utils import gather_object
-
+        """The task's validation metrics (``tasks.py``) over the valid set, with a fixed seed."""
         acc = self.accelerator
         sampler = LengthBucketBatchSampler(
             self.valid_set.durations,
@@ -485,74 +412,18 @@ class Trainer:
         model = self.unwrapped
         was_training = model.training
         model.eval()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        ss_sum = 0
-        # blank frames, valid frames, empty hypotheses, utterances, utterances too short for CTC
-        blank_stats = torch.zeros(5, dtype=torch.float64, device=self.device)
-        hyps: list[str] = []
-        refs: list[str] = []
         try:
             with torch.random.fork_rng(devices=devices):
                 vseed = self.cfg.seed + VALID_SEED_OFFSET
                 torch.manual_seed(vseed)
                 np.random.seed(vseed)
                 random.seed(vseed)
-                for batch in self._loader(self.valid_set, batches, 0):
-                    b = self._to_device(batch)
-                    if self.cfg.task != "ctc":
-                        with acc.autocast():
-                            out = model(b)
-                        loss_sum += out.loss.double()
-                        ss_sum += int(out.sample_size)
-                        continue
-                    from sslseq.asr.ctc_decode import greedy_decode
-                    from sslseq.models.ctc import ctc_loss
-
-                    # One pass gives both the loss (as the model's eval forward computes it:
-                    # unmasked, summed, zero_infinity) and the greedy hypotheses.
-                    with acc.autocast():
-                        lp, lens = model.log_probs(b["wav"], b["wav_lens"])
-                    lp = lp.float()
-                    valid = torch.arange(b["targets"].size(1), device=self.device)[None, :] < b["target_lens"][:, None]
-                    loss_sum += ctc_loss(lp, lens, b["targets"], b["target_lens"], blank=self.tokenizer.blank_id).double()
-                    ss_sum += int(b["target_lens"].sum())
-                    blank_stats += self._blank_stats(lp, lens, b["targets"], valid)
-                    for ids in greedy_decode(lp, lens, blank=self.tokenizer.blank_id):
-                        hyps.append(self.tokenizer.decode(ids))
-                        blank_stats[2] += len(ids) == 0
-                    refs += batch["texts"]
+                pairs = ((self._to_device(b), b) for b in self._loader(self.valid_set, batches, 0))
+                return self.task.validate(model, pairs, acc)
         finally:
             np.random.set_state(np_state)
             random.setstate(py_state)
             model.train(was_training)
-        ss = torch.tensor([float(ss_sum)], dtype=torch.float64, device=self.device)
-        totals = acc.reduce(torch.cat([loss_sum[None], ss, blank_stats]), "sum")
-        result = {"valid_loss": float(totals[0] / max(float(totals[1]), 1.0))}
-        if self.cfg.task == "ctc":
-            import jiwer
-
-            blank, frames, empty, utts, short = (float(v) for v in totals[2:])
-            if utts:
-                result["valid_blank_frac"] = blank / max(frames, 1.0)
-                result["valid_empty_frac"] = empty / utts
-                result["valid_short_frac"] = short / utts
-
-            pairs = [(r, h) for r, h in zip(gather_object(refs), gather_object(hyps)) if r.strip()]
-            if pairs:
-                r, h = [p[0] for p in pairs], [p[1] for p in pairs]
-                result["valid_cer"] = float(jiwer.cer(r, h))
-                result["valid_wer"] = float(jiwer.wer(r, h))
-        return result
-
-    def _blank_stats(self, lp: torch.Tensor, lens: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """[blank argmax frames, valid frames, 0 (empty hypotheses: counted by the caller),
-        utterances, utterances with fewer frames than CTC needs] of one batch."""
-        frames = torch.arange(lp.size(1), device=lp.device)[None, :] < lens[:, None]
-        blank = (lp.argmax(-1) == self.tokenizer.blank_id) & frames
-        repeats = ((targets[:, 1:] == targets[:, :-1]) & valid[:, 1:]).sum(1)
-        short = lens < valid.sum(1) + repeats
-        return torch.tensor([float(blank.sum()), float(frames.sum()), 0.0, float(lens.numel()), float(short.sum())],
-                            dtype=torch.float64, device=self.device)
 
     # ------------------------------------------------------------ logging
     def _log(self, record: dict[str, Any]) -> None:
@@ -624,8 +495,8 @@ class Trainer:
 
     def _keep_if_best(self, result: dict[str, float]) -> None:
         """Keep the model of the best validation so far in ``checkpoints/best/`` (by dev WER for
-        CTC, dev loss otherwise; lower is better), besides the newest ``keep_last`` checkpoints."""
-        metric = "valid_wer" if "valid_wer" in result else "valid_loss"
+        CTC, dev loss otherwise: the task's rule; lower is better), besides the newest ``keep_last`` checkpoints."""
+        metric = self.task.best_metric(result)
         if not math.isfinite(result[metric]):
             log.warning("step %d: %s is %s; not a best model", self.step, metric, result[metric])
             return
