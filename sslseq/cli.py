@@ -43,6 +43,12 @@ def cmd_corpus_prepare(a: argparse.Namespace) -> None:
     prepare_data_dirs(Path(a.corpus_dir), Path(a.data_dir))
 
 
+def cmd_corpus_librispeech(a: argparse.Namespace) -> None:
+    from sslseq.data.librispeech import prepare_librispeech
+
+    prepare_librispeech(Path(a.corpus_dir), Path(a.data_dir), train_set=a.train_set, finetune=not a.no_finetune)
+
+
 def cmd_corpus_lm_text(a: argparse.Namespace) -> None:
     from sslseq.data.synth import lm_sentences
     from sslseq.lm.corpus import write_lm_text
@@ -293,6 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out_dir")
     s = verb(corpus, "prepare", cmd_corpus_prepare, "make Kaldi data dirs (train/dev/test) from a synthesized corpus")
     s.add_argument("corpus_dir")
+    s.add_argument("data_dir")
+
+    s = verb(corpus, "librispeech", cmd_corpus_librispeech, "make Kaldi data dirs from a LibriSpeech (+ Libri-light "
+             "librispeech_finetuning) copy: the pretraining set, dev/test clean/other, librilight_{10min,1h,10h}")
+    s.add_argument("--train-set", default="train-clean-100",
+                   help="pretraining set: train-clean-100, train-clean-360, train-other-500, train-460 or train-960")
+    s.add_argument("--no-finetune", action="store_true", help="no Libri-light labeled sets (not needed, not written)")
+    s.add_argument("corpus_dir", help="holds LibriSpeech/<set>/ and librispeech_finetuning/")
     s.add_argument("data_dir")
 
     s = verb(corpus, "lm-text", cmd_corpus_lm_text, "normalised LM text of the embedded corpus's source (the KJV), "
