@@ -56,6 +56,12 @@ def cmd_corpus_lm_text(a: argparse.Namespace) -> None:
     write_lm_text(lm_sentences(a.books), Path(a.out), [Path(d) for d in a.exclude])
 
 
+def cmd_lm_text(a: argparse.Namespace) -> None:
+    from sslseq.lm.corpus import source_lines, write_lm_text
+
+    write_lm_text(source_lines([Path(p) for p in a.sources]), Path(a.out), [Path(d) for d in a.exclude])
+
+
 def cmd_lm_check_overlap(a: argparse.Namespace) -> None:
     from sslseq.lm.corpus import check_overlap
 
@@ -327,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--units", default=None, help="the CTC model's units.txt (default: A-Z, apostrophe, |)")
     s.add_argument("text")
     s.add_argument("out_dir")
+    s = verb(lm, "text", cmd_lm_text, "normalised LM text from data dirs' transcripts or text files, without any "
+             "line that is or contains a sentence of the --exclude data dirs")
+    s.add_argument("--from", dest="sources", action="append", required=True, metavar="PATH",
+                   help="a data dir (its text, ids dropped) or a file of sentences, one a line (repeatable)")
+    s.add_argument("--exclude", action="append", required=True, metavar="DATA_DIR", help="repeat it for each eval set")
+    s.add_argument("out", help="text file to write (and OUT.yaml with the counts)")
     s = verb(lm, "check-overlap", cmd_lm_check_overlap, "fail if a line of the LM text is or contains a sentence of the data dirs")
     s.add_argument("lm_text")
     s.add_argument("data_dirs", nargs="+")

@@ -101,3 +101,49 @@ def test_characters_outside_units(fake_tree: Path, tmp_path: Path):
 def test_unknown_train_set(fake_tree: Path, tmp_path: Path):
     with pytest.raises(SslseqError, match="unknown LibriSpeech set 'train-clean-50'.*train-960"):
         prepare_librispeech(fake_tree, tmp_path / "data", train_set="train-clean-50")
+
+
+RUN = Path(__file__).resolve().parents[1] / "egs" / "librispeech" / "run.sh"
+
+
+def _run(*args: str):
+    import os
+    import subprocess
+
+    return subprocess.run(["bash", str(RUN), *args], capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "SSLSEQ_NO_PROGRESS": "1"})
+
+
+def test_recipe_tiny_end_to_end(fake_tree: Path, tmp_path: Path):
+    """egs/librispeech/run.sh --tiny true on the fake tree: prepares the sets, fine-tunes on
+    Libri-light's 10min fold (not a drawn subset), decodes the four sets greedily and with the LM."""
+    import yaml
+
+    work = tmp_path / "work"
+    r = _run("--corpus-dir", str(fake_tree), "--tiny", "true", "--workdir", str(work))
+    assert r.returncode == 0, r.stderr[-6000:]
+    for exp in ("ctc_cpu_train_clean_100_10min_scratch", "ctc_cpu_train_clean_100_10min_from_pretrain_hubert_cpu_mfcc_k20"):
+        cfg = yaml.safe_load((work / "exp" / exp / "config.yaml").read_text())
+        assert cfg["data"]["train"] == "data/librilight_10min"
+        for s in ("dev_clean", "dev_other", "test_clean", "test_other"):
+            wer = yaml.safe_load((work / "exp" / exp / f"decode_{s}" / "lm" / "wer.yaml").read_text())
+            assert wer["n_utts"] == 3 and 0 <= wer["wer"] <= 200
+    results = (work / "exp" / "RESULTS.md").read_text()
+    assert all(s in results for s in ("dev_other", "test_clean", "test_other"))
+    assert not (work / "data" / "train_clean_100_10min").exists()  # nothing drawn
+    # another corpus copy is another stage-0 input: stage 0 is redone (corpus options are in its marker)
+    copy = Path(shutil.copytree(fake_tree, tmp_path / "copy"))
+    r = _run("--corpus-dir", str(copy), "--tiny", "true", "--workdir", str(work), "--stop-stage", "1")
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "options changed for data" in r.stderr
+    assert str(copy) in (work / "data" / "dev_clean" / "wav.scp").read_text()
+
+
+def test_recipe_bad_options(fake_tree: Path, tmp_path: Path):
+    r = _run("--tiny", "true", "--workdir", str(tmp_path / "w"))
+    assert r.returncode != 0 and "--corpus-dir DIR is needed" in r.stderr
+    r = _run("--corpus-dir", str(fake_tree), "--pretrain-set", "train-clean-50", "--workdir", str(tmp_path / "w"))
+    assert r.returncode != 0 and "--pretrain-set 'train-clean-50'" in r.stderr
+    r = _run("--corpus-dir", str(tmp_path / "nowhere"), "--workdir", str(tmp_path / "w"))
+    assert r.returncode != 0 and "not a directory" in r.stderr
+    assert not (tmp_path / "w").exists()
