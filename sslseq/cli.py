@@ -44,8 +44,13 @@ def cmd_corpus_prepare(a: argparse.Namespace) -> None:
 
 
 def cmd_corpus_librispeech(a: argparse.Namespace) -> None:
-    from sslseq.data.librispeech import prepare_librispeech
+    from sslseq.data.librispeech import EVAL_SETS, prepare_librispeech, set_parts
 
+    if a.download:
+        from sslseq.data.download import download_librispeech
+
+        sets = list(dict.fromkeys(set_parts(a.train_set) + EVAL_SETS))
+        download_librispeech(Path(a.corpus_dir), sets, finetune=not a.no_finetune, base_url=a.url_base)
     prepare_librispeech(Path(a.corpus_dir), Path(a.data_dir), train_set=a.train_set, finetune=not a.no_finetune)
 
 
@@ -312,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train-set", default="train-clean-100",
                    help="pretraining set: train-clean-100, train-clean-360, train-other-500, train-460 or train-960")
     s.add_argument("--no-finetune", action="store_true", help="no Libri-light labeled sets (not needed, not written)")
+    s.add_argument("--download", action="store_true", help="first fetch (resumable, MD5-checked) and extract the "
+                   "archives that CORPUS_DIR lacks")
+    s.add_argument("--url-base", default="https://www.openslr.org/resources/12",
+                   help="where the LibriSpeech archives are (a mirror, e.g. https://us.openslr.org/resources/12)")
     s.add_argument("corpus_dir", help="holds LibriSpeech/<set>/ and librispeech_finetuning/")
     s.add_argument("data_dir")
 

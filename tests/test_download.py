@@ -84,3 +84,12 @@ def test_rerun_after_kill_during_extraction(archive, tmp_path: Path):
     download_librispeech(corpus, ["dev-clean"], finetune=False, base_url="file:///nonexistent", md5s={"dev-clean": md5})
     assert _n_utts(corpus) == 3 and not (corpus / ".dev-clean.extracting").exists()
     assert not (corpus / "LibriSpeech" / "dev-clean" / "1").exists()
+
+
+def test_sets_present_are_not_fetched(archive, tmp_path: Path):
+    arc, md5 = archive
+    corpus = tmp_path / "corpus"
+    download_librispeech(corpus, ["dev-clean"], finetune=False, base_url=arc.parent.as_uri(), md5s={"dev-clean": md5})
+    (corpus / ".dev-clean.extracted").unlink()  # a copy the user brought: no marker, the set dir is there
+    download_librispeech(corpus, ["dev-clean"], finetune=False, base_url="file:///nonexistent", md5s={})
+    assert _n_utts(corpus) == 3

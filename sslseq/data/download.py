@@ -121,11 +121,13 @@ def download_librispeech(corpus_dir: Path, sets: list[str], *, finetune: bool, b
     """Fetch and extract the LibriSpeech ``sets`` (and Libri-light's fine-tuning sets) into corpus_dir."""
     corpus_dir = Path(corpus_dir)
     md5s = LIBRISPEECH_MD5 if md5s is None else md5s
-    jobs = [(s, f"{base_url}/{s}.tar.gz", md5s.get(s)) for s in sets]
+    jobs = [(s, f"{base_url}/{s}.tar.gz", md5s.get(s), corpus_dir / "LibriSpeech" / s) for s in sets]
     if finetune:  # Libri-light publishes no checksum for it: the tar is still read whole
-        jobs.append(("librispeech_finetuning", finetune_url, md5s.get("librispeech_finetuning")))
-    for name, url, md5 in jobs:
-        if (corpus_dir / f".{name}.extracted").is_file():
+        jobs.append(("librispeech_finetuning", finetune_url, md5s.get("librispeech_finetuning"),
+                     corpus_dir / "librispeech_finetuning"))
+    for name, url, md5, target in jobs:
+        # extracted here, or a copy the user has: an extraction renames whole set dirs into place
+        if (corpus_dir / f".{name}.extracted").is_file() or target.is_dir():
             continue
         archive = fetch(url, corpus_dir / "downloads" / url.rsplit("/", 1)[-1], md5)
         extract(archive, corpus_dir, name)

@@ -6,6 +6,7 @@
 set -euo pipefail
 corpus_dir=         # may hold librispeech-lm-norm.txt
 pretrain_set=train-clean-100  # its transcripts (data/<set>) are the LM text without librispeech-lm-norm.txt
+download=false      # unused (stage 0 downloads)
 tiny=false          # unused
 . "$(dirname "$0")/../../../tools/parse_options.sh"
 [ $# -ge 2 ] && [ -n "$corpus_dir" ] || { echo "usage: $0 --corpus-dir DIR [--pretrain-set SET] OUT EVAL_DATA_DIR..." >&2; exit 1; }

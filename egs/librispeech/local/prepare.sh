@@ -6,10 +6,12 @@
 set -euo pipefail
 corpus_dir=         # LibriSpeech/ and librispeech_finetuning/
 pretrain_set=train-clean-100  # LibriSpeech set (or train-460, train-960) to pretrain on
+download=false      # fetch and extract the archives --corpus-dir lacks (openslr.org/12, Libri-light)
 hours=0             # unused: the corpus has its own size
 tiny=false          # unused: a tiny run uses a small tree (the tests' fake one)
 seed=0              # unused: nothing is drawn
 nj=1                # unused: reading headers is quick
 . "$(dirname "$0")/../../../tools/parse_options.sh"
 [ $# -eq 2 ] && [ -n "$corpus_dir" ] || { echo "usage: $0 --corpus-dir DIR [--pretrain-set SET] CORPUS_DIR DATA_DIR" >&2; exit 1; }
-sslseq corpus librispeech --train-set "$pretrain_set" "$corpus_dir" "$2"
+dl=(); [ "$download" = false ] || dl=(--download)
+sslseq corpus librispeech "${dl[@]}" --train-set "$pretrain_set" "$corpus_dir" "$2"
