@@ -42,6 +42,7 @@ pretrain_steps=        # override optim.max_steps of the pretraining config
 ctc_steps=             # override optim.max_steps of the CTC config
 lm=true                # word n-gram LM decoding: LM built in stage 1 (data/lm, dev/test sentences excluded), weights tuned on --dev-set, then every test set decoded with them in stage 7
 lm_order=3             # n-gram order of the LM
+lm_arpa=               # an existing ARPA to decode with (e.g. LibriSpeech's 4-gram.arpa) instead of one trained on the LM text
 lm_weights=            # LM weights tried on --dev-set; default "0.75 1 1.5 2" (tiny: "1 2")
 word_scores=           # word scores tried on --dev-set; default "-2 -1 0 1" (tiny: "0")
 lm_beam=               # beam of the LM search while tuning; default 50 (tiny: 16)
@@ -97,6 +98,10 @@ if [ "$tiny" = true ]; then lm_weights=${lm_weights:-1 2}; word_scores=${word_sc
 lm_weights=${lm_weights:-0.75 1 1.5 2}; word_scores=${word_scores:-"-2 -1 0 1"}; lm_beam=${lm_beam:-50}; lm_decode_beam=${lm_decode_beam:-500}
 case "$lm" in true|false) ;; *) die "--lm $lm: use true or false" ;; esac
 [[ "$lm_order" =~ ^[1-5]$ ]] || die "--lm-order $lm_order: an order 1..5 is needed"
+if [ -n "$lm_arpa" ]; then
+  [ -f "$lm_arpa" ] || die "--lm-arpa $lm_arpa: no such file"
+  lm_arpa=$(cd "$(dirname "$lm_arpa")" && pwd)/$(basename "$lm_arpa")  # stage 1 runs in --workdir
+fi
 if [ "$lm" = true ] && [ ! -x "$corpus_dir/local/lm_text.sh" ]; then
   die "--lm true needs $corpus_dir/local/lm_text.sh (writes the corpus's LM text without dev/test sentences); or use --lm false"
 fi
@@ -263,12 +268,15 @@ if run_stage 1; then
   done
   if [ "$lm" = true ]; then
     opts="order=$lm_order tiny=$tiny data=$(marker_id data) eval=$eval_sets"; [ -z "$corpus_opts" ] || opts="$opts corpus_opts=$corpus_opts"
+    # a given ARPA by path, size and time (hashing a 1.5 GB file on every run would be slow)
+    [ -z "$lm_arpa" ] || opts="$opts arpa=$lm_arpa $(stat -c '%s %Y' "$lm_arpa")"
     if stage_todo data/lm "$opts"; then
       log "stage 1: LM text without the sentences of $eval_sets, $lm_order-gram LM → data/lm"
       # shellcheck disable=SC2086
       timed "$corpus_dir/local/lm_text.sh" --tiny "$tiny" $corpus_opts data/lm/text $(for set in $eval_sets; do echo "data/$set"; done)
       sslseq lm check-overlap data/lm/text $(for set in $eval_sets; do echo "data/$set"; done)
-      timed sslseq lm build --order "$lm_order" --dev "data/$dev_set" data/lm/text data/lm
+      arpa_opt=(); [ -z "$lm_arpa" ] || arpa_opt=(--arpa "$lm_arpa")
+      timed sslseq lm build --order "$lm_order" --dev "data/$dev_set" "${arpa_opt[@]}" data/lm/text data/lm
       mark_done data/lm "$opts" text text.yaml lm.arpa lm.yaml lexicon.txt units.txt
     fi
   fi

@@ -78,7 +78,7 @@ def cmd_lm_build(a: argparse.Namespace) -> None:
     from sslseq.lm.ngram import build_lm
 
     build_lm(Path(a.text), Path(a.out_dir), order=a.order, dev_text=Path(a.dev) if a.dev else None,
-             units=Path(a.units) if a.units else None)
+             units=Path(a.units) if a.units else None, arpa=Path(a.arpa) if a.arpa else None)
 
 
 def cmd_lm_ppl(a: argparse.Namespace) -> None:
@@ -340,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--order", type=int, default=3, help="n-gram order (3: see README, LM decoding)")
     s.add_argument("--dev", default=None, help="a data dir (or Kaldi text file) to record the perplexity of")
     s.add_argument("--units", default=None, help="the CTC model's units.txt (default: A-Z, apostrophe, |)")
+    s.add_argument("--arpa", default=None, help="use this ARPA (e.g. LibriSpeech's 4-gram.arpa) instead of training "
+                   "one; --order is then the ARPA's")
     s.add_argument("text")
     s.add_argument("out_dir")
     s = verb(lm, "text", cmd_lm_text, "normalised LM text from data dirs' transcripts or text files, without any "

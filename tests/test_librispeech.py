@@ -147,3 +147,22 @@ def test_recipe_bad_options(fake_tree: Path, tmp_path: Path):
     r = _run("--corpus-dir", str(tmp_path / "nowhere"), "--workdir", str(tmp_path / "w"))
     assert r.returncode != 0 and "not a directory" in r.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_lm_dir_from_a_given_arpa(fake_tree: Path, tmp_path: Path):
+    """--lm-arpa (LibriSpeech's 4-gram.arpa): the LM dir takes the ARPA as it is, its order from its header."""
+    from sslseq.lm.corpus import source_lines, write_lm_text
+    from sslseq.lm.ngram import build_lm, load_lm_dir
+
+    data = tmp_path / "data"
+    prepare_librispeech(fake_tree, data)
+    write_lm_text(source_lines([data / "train_clean_100"]), tmp_path / "lm.txt", [data / "dev_clean", data / "test_clean"])
+    trained = build_lm(tmp_path / "lm.txt", tmp_path / "lm4", order=4)
+    given = build_lm(tmp_path / "lm.txt", tmp_path / "given", order=2, arpa=tmp_path / "lm4" / "lm.arpa",
+                     dev_text=data / "dev_clean")
+    assert given["order"] == 4 and given["ngrams"] == trained["ngrams"] and given["vocab"] == trained["vocab"]
+    assert (tmp_path / "given" / "lm.arpa").read_bytes() == (tmp_path / "lm4" / "lm.arpa").read_bytes()
+    assert load_lm_dir(tmp_path / "given").lexicon
+    (tmp_path / "bad.arpa").write_text("not an arpa\n")
+    with pytest.raises(SslseqError, match="not an ARPA file"):
+        build_lm(tmp_path / "lm.txt", tmp_path / "bad", arpa=tmp_path / "bad.arpa")

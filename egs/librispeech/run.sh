@@ -41,7 +41,9 @@ for i in "${!args[@]}"; do
     args[$((i + 1))]=$(pwd)/${args[$((i + 1))]}
   fi
 done
+# LibriSpeech's official 4-gram (openslr.org/11) when the corpus dir has it (--lm-arpa FILE overrides)
+lm=(); [ ! -f "$corpus/4-gram.arpa" ] || lm=(--lm-arpa "$corpus/4-gram.arpa")
 cd "$here"
 exec ../../recipes/ssl.sh --train-set "${pretrain_set//-/_}" --dev-set dev_clean \
   --test-sets "dev_clean dev_other test_clean test_other" --subsets "10min 1h 10h" --tiny-subsets 10min \
-  --corpus-opts "--corpus-dir $corpus --pretrain-set $pretrain_set --download $download" ${args[@]+"${args[@]}"}
+  --corpus-opts "--corpus-dir $corpus --pretrain-set $pretrain_set --download $download" ${lm[@]+"${lm[@]}"} ${args[@]+"${args[@]}"}
