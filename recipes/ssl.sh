@@ -28,7 +28,9 @@ train_set=train        # unlabeled pretraining data
 dev_set=dev            # validation during training
 test_sets="dev test"   # decoded and scored in stage 7
 skip_bad=false         # stage 1 leaves out utterances with bad audio (unreadable, NaN, < 25 ms; listed in data/<set>/bad_utts) instead of stopping
-subsets="10min 1h"     # labeled subsets for CTC (durations, Libri-light's names; nested: same seed); tiny: 1min
+subsets="10min 1h"     # labeled subsets for CTC (durations, Libri-light's names; nested: same seed); tiny: --tiny-subsets
+tiny_subsets=1min      # the labeled subsets with --tiny true
+corpus_opts=           # options of the corpus's local/prepare.sh and local/lm_text.sh (e.g. "--corpus-dir /data/ls"); part of their stage markers
 feat_type=mfcc         # features for the first k-means iteration
 k=                     # clusters; default 100 (tiny: 20)
 model=hubert           # SSL family to pretrain
@@ -40,6 +42,7 @@ pretrain_steps=        # override optim.max_steps of the pretraining config
 ctc_steps=             # override optim.max_steps of the CTC config
 lm=true                # word n-gram LM decoding: LM built in stage 1 (data/lm, dev/test sentences excluded), weights tuned on --dev-set, then every test set decoded with them in stage 7
 lm_order=3             # n-gram order of the LM
+lm_arpa=               # an existing ARPA to decode with (e.g. LibriSpeech's 4-gram.arpa) instead of one trained on the LM text
 lm_weights=            # LM weights tried on --dev-set; default "0.75 1 1.5 2" (tiny: "1 2")
 word_scores=           # word scores tried on --dev-set; default "-2 -1 0 1" (tiny: "0")
 lm_beam=               # beam of the LM search while tuning; default 50 (tiny: 16)
@@ -79,13 +82,13 @@ opt_bool lm
 opt_int lm_order 1
 opt_int --optional lm_beam 1
 opt_int --optional lm_decode_beam 1
-for sub in $subsets; do
+for sub in $subsets $tiny_subsets; do
   [[ "$sub" =~ ^([0-9]+\.?[0-9]*)(h|min|s)?$ ]] || die "--subsets: '$sub' is not a duration (e.g. 10min, 1h, 600s)"
 done
 
 tiny_overrides=()
 if [ "$tiny" = true ]; then
-  subsets=1min; k=${k:-20}
+  subsets=$tiny_subsets; k=${k:-20}
   pretrain_steps=${pretrain_steps:-30}; ctc_steps=${ctc_steps:-30}
   # small batches, and checkpoints often enough that a killed run really resumes mid-way
   tiny_overrides=(data.max_batch_seconds=20 save_interval=10 valid_interval=30 max_valid_batches=2)
@@ -95,6 +98,10 @@ if [ "$tiny" = true ]; then lm_weights=${lm_weights:-1 2}; word_scores=${word_sc
 lm_weights=${lm_weights:-0.75 1 1.5 2}; word_scores=${word_scores:-"-2 -1 0 1"}; lm_beam=${lm_beam:-50}; lm_decode_beam=${lm_decode_beam:-500}
 case "$lm" in true|false) ;; *) die "--lm $lm: use true or false" ;; esac
 [[ "$lm_order" =~ ^[1-5]$ ]] || die "--lm-order $lm_order: an order 1..5 is needed"
+if [ -n "$lm_arpa" ]; then
+  [ -f "$lm_arpa" ] || die "--lm-arpa $lm_arpa: no such file"
+  lm_arpa=$(cd "$(dirname "$lm_arpa")" && pwd)/$(basename "$lm_arpa")  # stage 1 runs in --workdir
+fi
 if [ "$lm" = true ] && [ ! -x "$corpus_dir/local/lm_text.sh" ]; then
   die "--lm true needs $corpus_dir/local/lm_text.sh (writes the corpus's LM text without dev/test sentences); or use --lm false"
 fi
@@ -121,6 +128,10 @@ mkdir -p "$workdir" && cd "$workdir"
 label_tag=${feat_type}_k${k}
 pretrain_tag=$(basename "$pretrain_config" .yaml); [ "$uses_labels" = false ] || pretrain_tag=${pretrain_tag}_${label_tag}
 pretrain_dir=exp/${pretrain_tag}
+# The data dir of labeled subset $1: one the corpus prepared itself (data/labeled_subsets, written
+# by local/prepare.sh: '<subset> <data dir>' lines, e.g. Libri-light's folds), else one drawn from
+# the train set by duration in stage 1.
+labeled_dir() { local d; d=$(awk -v s="$1" '$1 == s { print $2 }' data/labeled_subsets 2>/dev/null); echo "${d:-${train_set}_$1}"; }
 # The CTC experiment of labeled subset $1 from init $2 (a pretrained dir or none).
 ctc_dir() { if [ "$2" = none ]; then echo "exp/$(basename "$ctc_config" .yaml)_${train_set}_$1_scratch"; else echo "exp/$(basename "$ctc_config" .yaml)_${train_set}_$1_from_$(basename "$2")"; fi; }
 steps_override() { [ -z "$1" ] || echo "optim.max_steps=$1"; }
@@ -228,9 +239,10 @@ timed() { local t0=$SECONDS; "$@"; log "stage took $((SECONDS - t0)) s"; }
 # ---------------------------------------------------------------- 0: corpus and data dirs
 if run_stage 0; then
   log "stage 0: obtain the corpus and make data dirs"
-  opts="hours=$hours tiny=$tiny seed=$seed"
+  opts="hours=$hours tiny=$tiny seed=$seed"; [ -z "$corpus_opts" ] || opts="$opts corpus_opts=$corpus_opts"
   if stage_todo data "$opts"; then
-    timed "$corpus_dir/local/prepare.sh" --hours "$hours" --tiny "$tiny" --seed "$seed" --nj "$nj" corpus data
+    # shellcheck disable=SC2086  # corpus_opts: words, one option or value each
+    timed "$corpus_dir/local/prepare.sh" --hours "$hours" --tiny "$tiny" --seed "$seed" --nj "$nj" $corpus_opts corpus data
     mark_done data "$opts"
   fi
 fi
@@ -242,6 +254,12 @@ if run_stage 1; then
     sslseq data validate $([ "$skip_bad" = false ] || echo --drop-bad) "data/$set"
   done
   for sub in $subsets; do
+    labeled=$(labeled_dir "$sub")
+    if [ "$labeled" != "${train_set}_$sub" ]; then  # prepared by stage 0: checked, recorded, not drawn
+      sslseq data validate $([ "$skip_bad" = false ] || echo --drop-bad) "data/$labeled"
+      mark_done "data/$labeled" "prepared=$sub data=$(marker_id data)" wav.scp text utt2spk spk2utt utt2dur
+      continue
+    fi
     opts="subset=$sub seed=$seed data=$(marker_id data)"
     if stage_todo "data/${train_set}_$sub" "$opts"; then
       sslseq data subset --duration "$sub" --seed "$seed" "data/$train_set" "data/${train_set}_$sub"
@@ -249,12 +267,16 @@ if run_stage 1; then
     fi
   done
   if [ "$lm" = true ]; then
-    opts="order=$lm_order tiny=$tiny data=$(marker_id data) eval=$eval_sets"
+    opts="order=$lm_order tiny=$tiny data=$(marker_id data) eval=$eval_sets"; [ -z "$corpus_opts" ] || opts="$opts corpus_opts=$corpus_opts"
+    # a given ARPA by path, size and time (hashing a 1.5 GB file on every run would be slow)
+    [ -z "$lm_arpa" ] || opts="$opts arpa=$lm_arpa $(stat -c '%s %Y' "$lm_arpa")"
     if stage_todo data/lm "$opts"; then
       log "stage 1: LM text without the sentences of $eval_sets, $lm_order-gram LM → data/lm"
-      timed "$corpus_dir/local/lm_text.sh" --tiny "$tiny" data/lm/text $(for set in $eval_sets; do echo "data/$set"; done)
+      # shellcheck disable=SC2086
+      timed "$corpus_dir/local/lm_text.sh" --tiny "$tiny" $corpus_opts data/lm/text $(for set in $eval_sets; do echo "data/$set"; done)
       sslseq lm check-overlap data/lm/text $(for set in $eval_sets; do echo "data/$set"; done)
-      timed sslseq lm build --order "$lm_order" --dev "data/$dev_set" data/lm/text data/lm
+      arpa_opt=(); [ -z "$lm_arpa" ] || arpa_opt=(--arpa "$lm_arpa")
+      timed sslseq lm build --order "$lm_order" --dev "data/$dev_set" "${arpa_opt[@]}" data/lm/text data/lm
       mark_done data/lm "$opts" text text.yaml lm.arpa lm.yaml lexicon.txt units.txt
     fi
   fi
@@ -301,7 +323,7 @@ fi
 # ---------------------------------------------------------------- 6: CTC fine-tuning
 if run_stage 6; then
   for sub in $subsets; do
-    labeled=${train_set}_$sub
+    labeled=$(labeled_dir "$sub")
     for init in "$final_pretrain_dir" none; do
       out=$(ctc_dir "$sub" "$init")
       log "stage 6: CTC on $labeled, init=$init → $out"

@@ -43,11 +43,28 @@ def cmd_corpus_prepare(a: argparse.Namespace) -> None:
     prepare_data_dirs(Path(a.corpus_dir), Path(a.data_dir))
 
 
+def cmd_corpus_librispeech(a: argparse.Namespace) -> None:
+    from sslseq.data.librispeech import EVAL_SETS, prepare_librispeech, set_parts
+
+    if a.download:
+        from sslseq.data.download import download_librispeech
+
+        sets = list(dict.fromkeys(set_parts(a.train_set) + EVAL_SETS))
+        download_librispeech(Path(a.corpus_dir), sets, finetune=not a.no_finetune, base_url=a.url_base)
+    prepare_librispeech(Path(a.corpus_dir), Path(a.data_dir), train_set=a.train_set, finetune=not a.no_finetune)
+
+
 def cmd_corpus_lm_text(a: argparse.Namespace) -> None:
     from sslseq.data.synth import lm_sentences
     from sslseq.lm.corpus import write_lm_text
 
     write_lm_text(lm_sentences(a.books), Path(a.out), [Path(d) for d in a.exclude])
+
+
+def cmd_lm_text(a: argparse.Namespace) -> None:
+    from sslseq.lm.corpus import source_lines, write_lm_text
+
+    write_lm_text(source_lines([Path(p) for p in a.sources]), Path(a.out), [Path(d) for d in a.exclude])
 
 
 def cmd_lm_check_overlap(a: argparse.Namespace) -> None:
@@ -61,7 +78,7 @@ def cmd_lm_build(a: argparse.Namespace) -> None:
     from sslseq.lm.ngram import build_lm
 
     build_lm(Path(a.text), Path(a.out_dir), order=a.order, dev_text=Path(a.dev) if a.dev else None,
-             units=Path(a.units) if a.units else None)
+             units=Path(a.units) if a.units else None, arpa=Path(a.arpa) if a.arpa else None)
 
 
 def cmd_lm_ppl(a: argparse.Namespace) -> None:
@@ -295,6 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("corpus_dir")
     s.add_argument("data_dir")
 
+    s = verb(corpus, "librispeech", cmd_corpus_librispeech, "make Kaldi data dirs from a LibriSpeech (+ Libri-light "
+             "librispeech_finetuning) copy: the pretraining set, dev/test clean/other, librilight_{10min,1h,10h}")
+    s.add_argument("--train-set", default="train-clean-100",
+                   help="pretraining set: train-clean-100, train-clean-360, train-other-500, train-460 or train-960")
+    s.add_argument("--no-finetune", action="store_true", help="no Libri-light labeled sets (not needed, not written)")
+    s.add_argument("--download", action="store_true", help="first fetch (resumable, MD5-checked) and extract the "
+                   "archives that CORPUS_DIR lacks")
+    s.add_argument("--url-base", default="https://www.openslr.org/resources/12",
+                   help="where the LibriSpeech archives are (a mirror, e.g. https://us.openslr.org/resources/12)")
+    s.add_argument("corpus_dir", help="holds LibriSpeech/<set>/ and librispeech_finetuning/")
+    s.add_argument("data_dir")
+
     s = verb(corpus, "lm-text", cmd_corpus_lm_text, "normalised LM text of the embedded corpus's source (the KJV), "
              "without any line that is or contains a sentence of the --exclude data dirs")
     s.add_argument("--exclude", action="append", required=True, metavar="DATA_DIR",
@@ -311,8 +340,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--order", type=int, default=3, help="n-gram order (3: see README, LM decoding)")
     s.add_argument("--dev", default=None, help="a data dir (or Kaldi text file) to record the perplexity of")
     s.add_argument("--units", default=None, help="the CTC model's units.txt (default: A-Z, apostrophe, |)")
+    s.add_argument("--arpa", default=None, help="use this ARPA (e.g. LibriSpeech's 4-gram.arpa) instead of training "
+                   "one; --order is then the ARPA's")
     s.add_argument("text")
     s.add_argument("out_dir")
+    s = verb(lm, "text", cmd_lm_text, "normalised LM text from data dirs' transcripts or text files, without any "
+             "line that is or contains a sentence of the --exclude data dirs")
+    s.add_argument("--from", dest="sources", action="append", required=True, metavar="PATH",
+                   help="a data dir (its text, ids dropped) or a file of sentences, one a line (repeatable)")
+    s.add_argument("--exclude", action="append", required=True, metavar="DATA_DIR", help="repeat it for each eval set")
+    s.add_argument("out", help="text file to write (and OUT.yaml with the counts)")
     s = verb(lm, "check-overlap", cmd_lm_check_overlap, "fail if a line of the LM text is or contains a sentence of the data dirs")
     s.add_argument("lm_text")
     s.add_argument("data_dirs", nargs="+")

@@ -40,6 +40,19 @@ def eval_sentences(data_dirs: list[Path]) -> dict[str, str]:
     return out
 
 
+def source_lines(paths: list[Path]) -> Iterable[str]:
+    """The sentences of each path, for ``write_lm_text``: a data dir gives its text's transcripts
+    (ids dropped), a file one sentence a line (e.g. LibriSpeech's librispeech-lm-norm.txt)."""
+    for p in map(Path, paths):
+        ids = p.is_dir()
+        f = p / "text" if ids else p
+        if not f.is_file():
+            raise SslseqError(f"{f}: not found (an LM text source: a data dir with a text file, or a text file)")
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                yield line.split(maxsplit=1)[1] if ids and " " in line.strip() else ("" if ids else line)
+
+
 @dataclass
 class _Index:
     exact: set[str]

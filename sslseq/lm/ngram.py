@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -230,9 +231,34 @@ def perplexity(lm_dir: Path, text: Path) -> dict:
             "ppl": round(10 ** (-logp / tokens), 3)}
 
 
-def build_lm(text: Path, out_dir: Path, *, order: int = 3, dev_text: Path | None = None, units: Path | None = None) -> dict:
-    """Train the ARPA of ``text``, write its lexicon, units and ``lm.yaml``; returns ``lm.yaml``'s content."""
+def _arpa_counts(arpa: Path) -> list[int]:
+    """The n-gram count per order from an ARPA's \\data\\ header."""
+    counts: list[int] = []
+    with open(arpa, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("ngram "):
+                counts.append(int(line.split("=")[1]))
+            elif counts and not line.strip():
+                break
+    if not counts:
+        raise SslseqError(f"{arpa}: no '\\data\\' header with 'ngram N=count' lines: not an ARPA file")
+    return counts
+
+
+def _copy_arpa(arpa: Path, out: Path) -> list[int]:
+    counts = _arpa_counts(arpa)
+    with atomic_path(out) as tmp:
+        shutil.copyfile(arpa, tmp)
+    return counts
+
+
+def build_lm(text: Path, out_dir: Path, *, order: int = 3, dev_text: Path | None = None, units: Path | None = None,
+             arpa: Path | None = None) -> dict:
+    """Train the ARPA of ``text`` (or take the given ``arpa``, e.g. LibriSpeech's official 4-gram),
+    write its lexicon, units and ``lm.yaml``; returns ``lm.yaml``'s content."""
     text, out_dir = Path(text), Path(out_dir)
+    if arpa is not None:
+        order = len(_arpa_counts(Path(arpa)))
     if not 1 <= order <= MAX_ORDER:
         raise SslseqError(f"--order must be 1..{MAX_ORDER} (kaldingram's range), got {order}")
     tokenizer = CharTokenizer.from_file(units) if units else CharTokenizer(DEFAULT_UNITS)
@@ -240,7 +266,7 @@ def build_lm(text: Path, out_dir: Path, *, order: int = 3, dev_text: Path | None
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / INFO).unlink(missing_ok=True)  # the dir is incomplete until lm.yaml is back
     t0 = time.perf_counter()
-    ngrams = _train_arpa(lines, order, out_dir / ARPA)
+    ngrams = _train_arpa(lines, order, out_dir / ARPA) if arpa is None else _copy_arpa(Path(arpa), out_dir / ARPA)
     train_s = time.perf_counter() - t0
     words = arpa_vocab(out_dir / ARPA)
     write_lexicon(words, tokenizer, out_dir / LEXICON)
@@ -249,7 +275,8 @@ def build_lm(text: Path, out_dir: Path, *, order: int = 3, dev_text: Path | None
         "text": str(text),
         "text_sha256": file_sha256(text),
         "order": order,
-        "smoothing": "back-off Kneser-Ney, unmodified (kaldingram = SRILM -ukndiscount), log10",
+        "smoothing": "back-off Kneser-Ney, unmodified (kaldingram = SRILM -ukndiscount), log10" if arpa is None
+        else f"given ARPA {arpa} (not trained here)",
         "lines": len(lines),
         "words": sum(len(x.split()) for x in lines),
         "vocab": len(words),

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# LibriSpeech (openslr.org/12) + Libri-light's labeled sets (librispeech_finetuning): pretrain on
+# --pretrain-set, fine-tune on Libri-light's 10min (fold 0), 1h (folds 0-5), 10h (1h + 9h) or
+# 100h (train-clean-100), decode dev-clean, dev-other, test-clean, test-other.
+#   bash run.sh --corpus-dir /data/librispeech                     # holds LibriSpeech/ and librispeech_finetuning/
+#   bash run.sh --corpus-dir /data/ls --pretrain-set train-960 --subsets "10min 1h 10h"
+#   bash run.sh --corpus-dir /data/ls --download true         # fetch what is missing first
+#   bash run.sh --corpus-dir /data/ls --tiny true                  # a few steps (what the tests run on a fake tree)
+# Corpus options (here); every other option is the shared recipe's (bash run.sh --help):
+#   --corpus-dir DIR     LibriSpeech/<set>/<spk>/<chapter>/*.flac + *.trans.txt, librispeech_finetuning/
+#   --pretrain-set SET   train-clean-100 (default), train-clean-360, train-other-500, train-460, train-960
+#   --download true      fetch into --corpus-dir the archives it lacks (resumable, MD5-checked, extracted atomically)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+corpus=; pretrain_set=train-clean-100; download=false; args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --corpus-dir) [ $# -ge 2 ] || { echo "$0: --corpus-dir needs a value" >&2; exit 1; }; corpus=$2; shift 2 ;;
+    --corpus-dir=*) corpus=${1#*=}; shift ;;
+    --pretrain-set) [ $# -ge 2 ] || { echo "$0: --pretrain-set needs a value" >&2; exit 1; }; pretrain_set=$2; shift 2 ;;
+    --pretrain-set=*) pretrain_set=${1#*=}; shift ;;
+    --download) [ $# -ge 2 ] || { echo "$0: --download needs a value" >&2; exit 1; }; download=$2; shift 2 ;;
+    --download=*) download=${1#*=}; shift ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+case " ${args[*]-} " in *" --help "*|*" -h "*) sed -n '2,11p' "$0"; cd "$here"; exec ../../recipes/ssl.sh --help ;; esac
+case "$pretrain_set" in
+  train-clean-100|train-clean-360|train-other-500|train-460|train-960) ;;
+  *) echo "$0: --pretrain-set '$pretrain_set': must be one of train-clean-100 train-clean-360 train-other-500 train-460 train-960" >&2; exit 1 ;;
+esac
+[ -n "$corpus" ] || { echo "$0: --corpus-dir DIR is needed (a copy holding LibriSpeech/ and librispeech_finetuning/)" >&2; exit 1; }
+case "$download" in true|false) ;; *) echo "$0: --download '$download': must be true or false" >&2; exit 1 ;; esac
+[ "$download" = false ] || mkdir -p "$corpus"
+[ -d "$corpus" ] || { echo "$0: --corpus-dir '$corpus': not a directory" >&2; exit 1; }
+corpus=$(cd "$corpus" && pwd)  # the recipe runs from egs/librispeech
+[[ "$corpus" != *[[:space:]]* ]] || { echo "$0: --corpus-dir '$corpus': a path without whitespace is needed" >&2; exit 1; }
+# A --workdir relative to where the user called from, as for the other options' paths.
+for i in "${!args[@]}"; do
+  if [ "${args[$i]}" = --workdir ] && [ -n "${args[$((i + 1))]-}" ] && [[ "${args[$((i + 1))]}" != /* ]]; then
+    args[$((i + 1))]=$(pwd)/${args[$((i + 1))]}
+  fi
+done
+# LibriSpeech's official 4-gram (openslr.org/11) when the corpus dir has it (--lm-arpa FILE overrides)
+lm=(); [ ! -f "$corpus/4-gram.arpa" ] || lm=(--lm-arpa "$corpus/4-gram.arpa")
+cd "$here"
+exec ../../recipes/ssl.sh --train-set "${pretrain_set//-/_}" --dev-set dev_clean \
+  --test-sets "dev_clean dev_other test_clean test_other" --subsets "10min 1h 10h" --tiny-subsets 10min \
+  --corpus-opts "--corpus-dir $corpus --pretrain-set $pretrain_set --download $download" ${lm[@]+"${lm[@]}"} ${args[@]+"${args[@]}"}
