@@ -435,7 +435,9 @@ def test_damaged_lm_and_decode_outputs_redo_their_step(tiny_run: Path, tmp_path:
     from sslseq.asr import emissions
     from sslseq.utils import SslseqError
 
-    ctc = [str(p.relative_to(tiny_run)) for p in sorted(tiny_run.glob("exp/ctc_*"))]
+    # the first run's CTC dirs only: another test may have added an iteration-2 run to the shared tiny_run
+    ctc = [str(p.relative_to(tiny_run)) for p in sorted(tiny_run.glob("exp/ctc_*"))
+           if p.name.endswith(("_scratch", "_from_" + Path(PRETRAIN).name))]
     workdir = _copy(tiny_run, tmp_path / "w", "data", PRETRAIN, *ctc)
     dec = workdir / ctc[0] / "decode_test"
     rel = dec.relative_to(workdir)
