@@ -162,6 +162,12 @@ def test_loss_decreases_and_outputs(tmp_path, tones):
     mtime = (out / "model.safetensors").stat().st_mtime_ns
     assert Trainer(cfg, model=FrameClassifier()).fit() == out
     assert (out / "model.safetensors").stat().st_mtime_ns == mtime
+    # A final model changed after it was written (same size) is not finished: the last checkpoint
+    # writes it again, byte for byte.
+    good = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    assert Trainer(cfg, model=FrameClassifier()).fit() == out
+    assert (out / "model.safetensors").read_bytes() == good
 
 
 def _setup(cfg, model):

@@ -43,7 +43,7 @@ from sslseq.train.config import (
 )
 from sslseq.train.health import HealthMonitor
 from sslseq.train.tasks import make_task
-from sslseq.models.exp_dir import CONFIG, WEIGHTS, write_exp_dir
+from sslseq.models.exp_dir import CONFIG, WEIGHTS, check_exp_dir, write_exp_dir
 from sslseq.models.train_log import LOG, JsonLog
 from sslseq.train.schedule import lr_at, warmup_steps
 from sslseq.utils import SslseqError, atomic_write_text, get_logger, progress
@@ -84,6 +84,11 @@ def is_finished(cfg: TrainConfig) -> bool:
     except yaml.YAMLError:
         return False
     if not isinstance(done, dict):
+        return False
+    try:
+        check_exp_dir(out)
+    except SslseqError as e:
+        log.warning("%s; training again from the last checkpoint", e)
         return False
     if done.get("config_digest") == config_digest(cfg):
         return True
