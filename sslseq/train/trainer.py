@@ -19,6 +19,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ from sslseq.train.config import (
     PATH_KEYS,
     TrainConfig,
     config_diff,
+    effective_update_freq,
     load_train_config,
     resolve_path,
     resolve_paths,
@@ -167,10 +169,15 @@ class Trainer:
         if cfg.precision == "fp16" and cpu:
             raise SslseqError("precision=fp16 needs a CUDA GPU; use precision=bf16 or fp32 on CPU")
         unused = self.task.find_unused_parameters if cfg.find_unused_parameters is None else cfg.find_unused_parameters
+        processes = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun / accelerate launch set it
+        self.update_freq = effective_update_freq(cfg.optim, processes)
+        if cfg.optim.sized_for_processes:
+            log.info("optim.sized_for_processes=%d on %d process(es): update_freq %d -> %d", cfg.optim.sized_for_processes,
+                     processes, cfg.optim.update_freq, self.update_freq)
         self.accelerator = Accelerator(
             cpu=cpu,
             mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(cfg.precision, cpu)],
-            gradient_accumulation_steps=cfg.optim.update_freq,
+            gradient_accumulation_steps=self.update_freq,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
         )
         self.device = self.accelerator.device
@@ -325,8 +332,8 @@ class Trainer:
     def train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:
         """One optimizer step over ``update_freq`` micro-batches; returns this step's stats."""
         acc, o = self.accelerator, self.cfg.optim
-        if len(micro_batches) != o.update_freq:
-            raise ValueError(f"train_step needs optim.update_freq={o.update_freq} micro-batches, got {len(micro_batches)}")
+        if len(micro_batches) != self.update_freq:
+            raise ValueError(f"train_step needs update_freq={self.update_freq} micro-batches, got {len(micro_batches)}")
         self.model.train()
         self.unwrapped.set_num_updates(self.step)
         lr = lr_at(self.step, o)
@@ -578,7 +585,7 @@ class Trainer:
         try:
             for _ in bar:
                 t0 = time.time()
-                micro = [next(batches) for _ in range(o.update_freq)]
+                micro = [next(batches) for _ in range(self.update_freq)]
                 self.epoch, self.batch_index = micro[-1]["_pos"]
                 s = self.train_step(micro)
                 self._accumulate(s, time.time() - t0)
