@@ -46,12 +46,17 @@ def cmd_corpus_prepare(a: argparse.Namespace) -> None:
 def cmd_corpus_librispeech(a: argparse.Namespace) -> None:
     from sslseq.data.librispeech import EVAL_SETS, prepare_librispeech, set_parts
 
+    eval_sets = tuple(a.eval_sets.split()) if a.eval_sets else EVAL_SETS
+    for name in eval_sets:
+        set_parts(name)  # an unknown name is an error before anything is fetched
     if a.download:
         from sslseq.data.download import download_librispeech
 
-        sets = list(dict.fromkeys(set_parts(a.train_set) + EVAL_SETS))
-        download_librispeech(Path(a.corpus_dir), sets, finetune=not a.no_finetune, base_url=a.url_base)
-    prepare_librispeech(Path(a.corpus_dir), Path(a.data_dir), train_set=a.train_set, finetune=not a.no_finetune)
+        sets = list(dict.fromkeys(set_parts(a.train_set) + eval_sets))
+        download_librispeech(Path(a.corpus_dir), sets, finetune=not a.no_finetune, base_url=a.url_base,
+                             mini_url=a.mini_url_base)
+    prepare_librispeech(Path(a.corpus_dir), Path(a.data_dir), train_set=a.train_set, eval_sets=eval_sets,
+                        finetune=not a.no_finetune)
 
 
 def cmd_corpus_lm_text(a: argparse.Namespace) -> None:
@@ -315,12 +320,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb(corpus, "librispeech", cmd_corpus_librispeech, "make Kaldi data dirs from a LibriSpeech (+ Libri-light "
              "librispeech_finetuning) copy: the pretraining set, dev/test clean/other, librilight_{10min,1h,10h}")
     s.add_argument("--train-set", default="train-clean-100",
-                   help="pretraining set: train-clean-100, train-clean-360, train-other-500, train-460 or train-960")
+                   help="pretraining set: train-clean-100, train-clean-360, train-other-500, train-460, train-960 "
+                   "or Mini LibriSpeech's train-clean-5")
+    s.add_argument("--eval-sets", default="", metavar="'SET ...'",
+                   help="dev/test sets to prepare (default: dev-clean dev-other test-clean test-other; Mini "
+                   "LibriSpeech: 'dev-clean-2 test-clean')")
     s.add_argument("--no-finetune", action="store_true", help="no Libri-light labeled sets (not needed, not written)")
     s.add_argument("--download", action="store_true", help="first fetch (resumable, MD5-checked) and extract the "
                    "archives that CORPUS_DIR lacks")
     s.add_argument("--url-base", default="https://www.openslr.org/resources/12",
                    help="where the LibriSpeech archives are (a mirror, e.g. https://us.openslr.org/resources/12)")
+    s.add_argument("--mini-url-base", default="https://www.openslr.org/resources/31",
+                   help="where the Mini LibriSpeech archives are (train-clean-5, dev-clean-2)")
     s.add_argument("corpus_dir", help="holds LibriSpeech/<set>/ and librispeech_finetuning/")
     s.add_argument("data_dir")
 
