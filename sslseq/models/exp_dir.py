@@ -2,7 +2,8 @@
 
 ``config.yaml`` (its ``model:`` key is the config ``build_model`` rebuilds the model from; its
 ``files:`` key the size and SHA-256 of the files written before it), ``model.safetensors`` (the
-weights), ``units.txt`` (CTC output units, one a line, blank first)
+weights), ``units.txt`` (CTC output units, one a line, blank first), ``bpe.model`` (the
+SentencePiece model of BPE units; ``units_file`` says which of the two is the tokenizer)
 and ``log/train.jsonl`` (``sslseq.models.train_log``). The trainer adds ``train_summary.yaml``
 and ``checkpoints/`` (``sslseq.train``), whose ``step_N/`` dirs hold weights in the same
 safetensors form.
@@ -25,12 +26,13 @@ from sslseq.utils import SslseqError, atomic_path, atomic_write_text, check_file
 
 __all__ = [
     "CONFIG", "WEIGHTS", "UNITS", "model_state_dict", "save_weights", "read_weights", "load_state", "load_weights",
-    "model_config_dict", "write_exp_dir", "check_exp_dir", "load",
+    "model_config_dict", "write_exp_dir", "check_exp_dir", "units_file", "load",
 ]
 
 CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
 UNITS = "units.txt"
+BPE_MODEL = "bpe.model"  # sslseq.data.text.BPE_MODEL
 FILES = "files"  # the key of config.yaml that records the files written with it
 
 
@@ -149,11 +151,13 @@ def write_exp_dir(
     config: dict[str, Any] | None = None,
     units: list[str] | None = None,
     model_fallback: dict[str, Any] | None = None,
+    bpe_model: str | os.PathLike | None = None,
 ) -> Path:
     """Write ``model.safetensors``, ``units.txt`` (when ``units`` are given), then ``config.yaml``:
     ``config`` with its ``model:`` key set to ``model_config_dict(model, model_fallback)`` (first
-    when ``config`` has none) and ``files:`` the size and SHA-256 of the other two (``check_exp_dir``
-    verifies them). Each file is written atomically."""
+    when ``config`` has none) and ``files:`` the size and SHA-256 of the others (``check_exp_dir``
+    verifies them). ``bpe_model``: the SentencePiece model of BPE ``units``, copied in as
+    ``bpe.model``. Each file is written atomically."""
     import yaml
 
     out = Path(out_dir)
@@ -161,10 +165,16 @@ def write_exp_dir(
     save_weights(model, out / WEIGHTS)
     if units is not None:
         atomic_write_text(out / UNITS, "".join(f"{u}\n" for u in units))
+    if bpe_model is not None and Path(bpe_model).resolve() != (out / BPE_MODEL).resolve():
+        import shutil
+
+        with atomic_path(out / BPE_MODEL) as tmp:
+            shutil.copyfile(bpe_model, tmp)
     config = dict(config or {})
     data = config if "model" in config else {"model": None, **config}
     data["model"] = model_config_dict(model, model_fallback)
-    data[FILES] = {name: file_record(out / name) for name in (WEIGHTS, UNITS) if (out / name).is_file()}
+    data[FILES] = {name: file_record(out / name) for name in (WEIGHTS, UNITS, BPE_MODEL)
+                   if (out / name).is_file()}
     text = yaml.safe_dump(json.loads(json.dumps(data, default=list)), sort_keys=False)
     atomic_write_text(out / CONFIG, text)  # after the weights: a config.yaml names a complete model
     return out
@@ -182,9 +192,20 @@ def check_exp_dir(exp_dir: str | os.PathLike, data: dict[str, Any] | None = None
     if not isinstance(files, dict):
         return
     for name, record in files.items():
-        if name in (WEIGHTS, UNITS):
+        if name in (WEIGHTS, UNITS, BPE_MODEL):
             check_file_record(exp_dir / name, record, f"the model in {exp_dir} is damaged: train (or convert) it again",
                               checksum=checksum)
+
+
+def units_file(exp_dir: str | os.PathLike) -> Path:
+    """The tokenizer file of a CTC experiment dir (``sslseq.data.text.load_tokenizer`` reads it):
+    ``bpe.model`` for BPE units, else ``units.txt``."""
+    exp_dir = Path(exp_dir)
+    if (exp_dir / BPE_MODEL).is_file():
+        return exp_dir / BPE_MODEL
+    if not (exp_dir / UNITS).is_file():
+        raise SslseqError(f"{exp_dir / UNITS}: not found; {exp_dir} must be a fine-tuned CTC experiment dir (sslseq train)")
+    return exp_dir / UNITS
 
 
 def load(exp_dir: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:

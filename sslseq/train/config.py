@@ -27,7 +27,7 @@ class DataConfig:
     valid: str | None = None  # Kaldi data dir for validation (None: no validation)
     labels_train: str | None = None  # <set>.km (pretraining targets)
     labels_valid: str | None = None
-    units: str | None = None  # CTC units file (None: sslseq.data.text.DEFAULT_UNITS)
+    units: str | None = None  # CTC units: a units file, a SentencePiece bpe.model (None: sslseq.data.text.DEFAULT_UNITS)
     max_batch_seconds: float = 80.0  # padded audio seconds per batch (B x longest)
     bucket_batches: int = 4  # length buckets of this many batches' audio (0: no bucketing, more padding)
     max_sample_seconds: float = 15.625  # pretraining: random crop; CTC: longer utterances dropped

@@ -653,7 +653,8 @@ class Trainer:
         """model.safetensors, units.txt (CTC), config.yaml, then train_summary.yaml (the done marker)."""
         out = self.out_dir
         units = self.tokenizer.units if self.tokenizer is not None else None
-        write_exp_dir(out, self.unwrapped, to_dict(self.cfg), units=units, model_fallback=self.model_cfg)
+        write_exp_dir(out, self.unwrapped, to_dict(self.cfg), units=units, model_fallback=self.model_cfg,
+                      bpe_model=getattr(self.tokenizer, "model_path", None))
         wall = self._wall_time()
         summary = {
             "task": self.cfg.task,
