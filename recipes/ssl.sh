@@ -38,6 +38,7 @@ iterations=1           # HuBERT iterations: 2+ runs stage 5 (layer features → 
 iter_config=           # layer and K of each iteration after the first; default recipes/conf/hubert_iterations.yaml
 pretrain_config=       # pretraining YAML; default recipes/conf/pretrain_${model}_cpu.yaml (fbank → 25 Hz, 2-core sized)
 ctc_config=            # default: recipes/conf/ctc_${model}_cpu.yaml if there is one, else ctc_cpu.yaml
+units=chars            # CTC output units: chars (letters, apostrophe, | between words) or bpeN (SentencePiece BPE of N pieces learnt in stage 1 from the train set's transcripts: data/lang_bpeN)
 pretrain_steps=        # override optim.max_steps of the pretraining config
 ctc_steps=             # override optim.max_steps of the CTC config
 lm=true                # word n-gram LM decoding: LM built in stage 1 (data/lm, dev/test sentences excluded), weights tuned on --dev-set, then every test set decoded with them in stage 7
@@ -97,6 +98,7 @@ k=${k:-100}
 if [ "$tiny" = true ]; then lm_weights=${lm_weights:-1 2}; word_scores=${word_scores:-0}; lm_beam=${lm_beam:-16}; lm_decode_beam=${lm_decode_beam:-16}; fi
 lm_weights=${lm_weights:-0.75 1 1.5 2}; word_scores=${word_scores:-"-2 -1 0 1"}; lm_beam=${lm_beam:-50}; lm_decode_beam=${lm_decode_beam:-500}
 case "$lm" in true|false) ;; *) die "--lm $lm: use true or false" ;; esac
+[[ "$units" =~ ^(chars|bpe[1-9][0-9]*)$ ]] || die "--units $units: use chars or bpeN (e.g. bpe500: N SentencePiece BPE pieces)"
 [[ "$lm_order" =~ ^[1-5]$ ]] || die "--lm-order $lm_order: an order 1..5 is needed"
 if [ -n "$lm_arpa" ]; then
   [ -f "$lm_arpa" ] || die "--lm-arpa $lm_arpa: no such file"
@@ -128,12 +130,15 @@ mkdir -p "$workdir" && cd "$workdir"
 label_tag=${feat_type}_k${k}
 pretrain_tag=$(basename "$pretrain_config" .yaml); [ "$uses_labels" = false ] || pretrain_tag=${pretrain_tag}_${label_tag}
 pretrain_dir=exp/${pretrain_tag}
+# BPE units: their SentencePiece model (stage 1), the CTC dirs' names and the LM dir spelled in them.
+units_tag=; units_file=; lm_dir=data/lm
+if [ "$units" != chars ]; then units_tag=_$units; units_file=data/lang_$units/bpe.model; lm_dir=data/lm_$units; fi
 # The data dir of labeled subset $1: one the corpus prepared itself (data/labeled_subsets, written
 # by local/prepare.sh: '<subset> <data dir>' lines, e.g. Libri-light's folds), else one drawn from
 # the train set by duration in stage 1.
 labeled_dir() { local d; d=$(awk -v s="$1" '$1 == s { print $2 }' data/labeled_subsets 2>/dev/null); echo "${d:-${train_set}_$1}"; }
 # The CTC experiment of labeled subset $1 from init $2 (a pretrained dir or none).
-ctc_dir() { if [ "$2" = none ]; then echo "exp/$(basename "$ctc_config" .yaml)_${train_set}_$1_scratch"; else echo "exp/$(basename "$ctc_config" .yaml)_${train_set}_$1_from_$(basename "$2")"; fi; }
+ctc_dir() { if [ "$2" = none ]; then echo "exp/$(basename "$ctc_config" .yaml)${units_tag}_${train_set}_$1_scratch"; else echo "exp/$(basename "$ctc_config" .yaml)${units_tag}_${train_set}_$1_from_$(basename "$2")"; fi; }
 steps_override() { [ -z "$1" ] || echo "optim.max_steps=$1"; }
 [ "$num_nodes" -eq 1 ] || [ "$cmd" = slurm ] || die "--num-nodes $num_nodes needs --cmd slurm (srun starts torchrun on every node)"
 # Train into $1 with the config $2 (and overrides): `sslseq train` with $ngpu processes per node
@@ -266,18 +271,28 @@ if run_stage 1; then
       mark_done "data/${train_set}_$sub" "$opts" wav.scp text utt2spk spk2utt utt2dur
     fi
   done
+  if [ -n "$units_file" ]; then
+    opts="units=$units data=$(marker_id data)"
+    if stage_todo "$(dirname "$units_file")" "$opts"; then
+      log "stage 1: ${units#bpe} BPE units from the transcripts of data/$train_set → $(dirname "$units_file")"
+      sslseq data bpe --vocab-size "${units#bpe}" "data/$train_set" "$(dirname "$units_file")"
+      mark_done "$(dirname "$units_file")" "$opts" bpe.model units.txt
+    fi
+  fi
   if [ "$lm" = true ]; then
     opts="order=$lm_order tiny=$tiny data=$(marker_id data) eval=$eval_sets"; [ -z "$corpus_opts" ] || opts="$opts corpus_opts=$corpus_opts"
+    [ -z "$units_file" ] || opts="$opts units=$(marker_id "$(dirname "$units_file")")"
     # a given ARPA by path, size and time (hashing a 1.5 GB file on every run would be slow)
     [ -z "$lm_arpa" ] || opts="$opts arpa=$lm_arpa $(stat -c '%s %Y' "$lm_arpa")"
-    if stage_todo data/lm "$opts"; then
-      log "stage 1: LM text without the sentences of $eval_sets, $lm_order-gram LM → data/lm"
+    if stage_todo "$lm_dir" "$opts"; then
+      log "stage 1: LM text without the sentences of $eval_sets, $lm_order-gram LM → $lm_dir"
       # shellcheck disable=SC2086
-      timed "$corpus_dir/local/lm_text.sh" --tiny "$tiny" $corpus_opts data/lm/text $(for set in $eval_sets; do echo "data/$set"; done)
-      sslseq lm check-overlap data/lm/text $(for set in $eval_sets; do echo "data/$set"; done)
+      timed "$corpus_dir/local/lm_text.sh" --tiny "$tiny" $corpus_opts "$lm_dir/text" $(for set in $eval_sets; do echo "data/$set"; done)
+      sslseq lm check-overlap "$lm_dir/text" $(for set in $eval_sets; do echo "data/$set"; done)
       arpa_opt=(); [ -z "$lm_arpa" ] || arpa_opt=(--arpa "$lm_arpa")
-      timed sslseq lm build --order "$lm_order" --dev "data/$dev_set" "${arpa_opt[@]}" data/lm/text data/lm
-      mark_done data/lm "$opts" text text.yaml lm.arpa lm.yaml lexicon.txt units.txt
+      [ -z "$units_file" ] || arpa_opt+=(--units "$units_file")  # the lexicon spelled in BPE pieces
+      timed sslseq lm build --order "$lm_order" --dev "data/$dev_set" "${arpa_opt[@]}" "$lm_dir/text" "$lm_dir"
+      mark_done "$lm_dir" "$opts" text text.yaml lm.arpa lm.yaml lexicon.txt units.txt
     fi
   fi
 fi
@@ -330,10 +345,11 @@ if run_stage 6; then
       init_id=none; [ "$init" = none ] || init_id=$(marker_id "$init")
       config_id=$(sslseq config digest "$ctc_config")
       opts="config=$config_id steps=$ctc_steps tiny=$tiny seed=$seed init=$init_id data=$(marker_id "data/$labeled")"
+      units_opt=(); [ -z "$units_file" ] || { opts="$opts units=$(marker_id "$(dirname "$units_file")")"; units_opt=(data.units="$units_file"); }
       if stage_todo "$out" "$opts"; then
         train "$out" "$ctc_config" init="$init" seed="$seed" device="$device" \
-          data.train="data/$labeled" data.valid="data/$dev_set" $(steps_override "$ctc_steps") "${tiny_overrides[@]}"
-        mark_done "$out" "$opts" $model_files units.txt
+          data.train="data/$labeled" data.valid="data/$dev_set" "${units_opt[@]}" $(steps_override "$ctc_steps") "${tiny_overrides[@]}"
+        mark_done "$out" "$opts" $model_files units.txt $([ -z "$units_file" ] || echo bpe.model)
       fi
     done
   done
@@ -361,11 +377,11 @@ if run_stage 7; then
     if [ "$lm" = true ]; then
       # LM weight and word score on the dev set only (lm tune refuses test sets), from the cached emissions.
       tune_dir=$exp/decode_$dev_set/lm_tune
-      opts="decode=$(marker_id "$exp/decode_$dev_set") lm=$(marker_id data/lm) weights=$lm_weights scores=$word_scores beam=$lm_beam"
+      opts="decode=$(marker_id "$exp/decode_$dev_set") lm=$(marker_id "$lm_dir") weights=$lm_weights scores=$word_scores beam=$lm_beam"
       if stage_todo "$tune_dir" "$opts"; then
         log "stage 7: tune the LM weight and word score of $exp on $dev_set"
         held_out=(); for set in $test_sets; do [ "$set" = "$dev_set" ] || held_out+=(--held-out "data/$set"); done
-        timed sslseq lm tune --lm data/lm --nj "$nj" --lm-weights $lm_weights --word-scores $word_scores \
+        timed sslseq lm tune --lm "$lm_dir" --nj "$nj" --lm-weights $lm_weights --word-scores $word_scores \
           --beam-size "$lm_beam" "${held_out[@]}" --out-dir "$tune_dir" "$exp/decode_$dev_set"
         mark_done "$tune_dir" "$opts" params.yaml grid.tsv
       fi
@@ -375,7 +391,7 @@ if run_stage 7; then
         if stage_todo "$out" "$opts"; then
           # the same --nj as the greedy decode, so its cached emissions are read (the network is not run);
           # the tuned weights with a wider beam than tuning's
-          sslseq decode --device "${device/auto/cpu}" --nj "$nj" --lm data/lm --lm-params "$tune_dir/params.yaml" \
+          sslseq decode --device "${device/auto/cpu}" --nj "$nj" --lm "$lm_dir" --lm-params "$tune_dir/params.yaml" \
             --beam-size "$lm_decode_beam" "$exp" "data/$set" "$exp/decode_$set"
           mark_done "$out" "$opts" hyp.txt wer.yaml
         fi

@@ -46,12 +46,17 @@ def cmd_corpus_prepare(a: argparse.Namespace) -> None:
 def cmd_corpus_librispeech(a: argparse.Namespace) -> None:
     from sslseq.data.librispeech import EVAL_SETS, prepare_librispeech, set_parts
 
+    eval_sets = tuple(a.eval_sets.split()) if a.eval_sets else EVAL_SETS
+    for name in eval_sets:
+        set_parts(name)  # an unknown name is an error before anything is fetched
     if a.download:
         from sslseq.data.download import download_librispeech
 
-        sets = list(dict.fromkeys(set_parts(a.train_set) + EVAL_SETS))
-        download_librispeech(Path(a.corpus_dir), sets, finetune=not a.no_finetune, base_url=a.url_base)
-    prepare_librispeech(Path(a.corpus_dir), Path(a.data_dir), train_set=a.train_set, finetune=not a.no_finetune)
+        sets = list(dict.fromkeys(set_parts(a.train_set) + eval_sets))
+        download_librispeech(Path(a.corpus_dir), sets, finetune=not a.no_finetune, base_url=a.url_base,
+                             mini_url=a.mini_url_base)
+    prepare_librispeech(Path(a.corpus_dir), Path(a.data_dir), train_set=a.train_set, eval_sets=eval_sets,
+                        finetune=not a.no_finetune)
 
 
 def cmd_corpus_lm_text(a: argparse.Namespace) -> None:
@@ -72,6 +77,13 @@ def cmd_lm_check_overlap(a: argparse.Namespace) -> None:
 
     n = check_overlap(Path(a.lm_text), [Path(d) for d in a.data_dirs])
     print(f"{a.lm_text}: OK ({n} lines, none holds a sentence of {' '.join(a.data_dirs)})")
+
+
+def cmd_data_bpe(a: argparse.Namespace) -> None:
+    from sslseq.data.text import load_tokenizer, train_bpe
+
+    model = train_bpe(Path(a.data_dir) / "text", Path(a.out_dir), a.vocab_size)
+    print(f"{model}: {len(load_tokenizer(model)) - 1} BPE pieces (+ blank)")
 
 
 def cmd_lm_build(a: argparse.Namespace) -> None:
@@ -315,12 +327,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb(corpus, "librispeech", cmd_corpus_librispeech, "make Kaldi data dirs from a LibriSpeech (+ Libri-light "
              "librispeech_finetuning) copy: the pretraining set, dev/test clean/other, librilight_{10min,1h,10h}")
     s.add_argument("--train-set", default="train-clean-100",
-                   help="pretraining set: train-clean-100, train-clean-360, train-other-500, train-460 or train-960")
+                   help="pretraining set: train-clean-100, train-clean-360, train-other-500, train-460, train-960 "
+                   "or Mini LibriSpeech's train-clean-5")
+    s.add_argument("--eval-sets", default="", metavar="'SET ...'",
+                   help="dev/test sets to prepare (default: dev-clean dev-other test-clean test-other; Mini "
+                   "LibriSpeech: 'dev-clean-2 test-clean')")
     s.add_argument("--no-finetune", action="store_true", help="no Libri-light labeled sets (not needed, not written)")
     s.add_argument("--download", action="store_true", help="first fetch (resumable, MD5-checked) and extract the "
                    "archives that CORPUS_DIR lacks")
     s.add_argument("--url-base", default="https://www.openslr.org/resources/12",
                    help="where the LibriSpeech archives are (a mirror, e.g. https://us.openslr.org/resources/12)")
+    s.add_argument("--mini-url-base", default="https://www.openslr.org/resources/31",
+                   help="where the Mini LibriSpeech archives are (train-clean-5, dev-clean-2)")
     s.add_argument("corpus_dir", help="holds LibriSpeech/<set>/ and librispeech_finetuning/")
     s.add_argument("data_dir")
 
@@ -339,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb(lm, "build", cmd_lm_build, "train a Kneser-Ney ARPA (kaldingram) and its lexicon into an LM dir")
     s.add_argument("--order", type=int, default=3, help="n-gram order (3: see README, LM decoding)")
     s.add_argument("--dev", default=None, help="a data dir (or Kaldi text file) to record the perplexity of")
-    s.add_argument("--units", default=None, help="the CTC model's units.txt (default: A-Z, apostrophe, |)")
+    s.add_argument("--units", default=None, help="the CTC model's units: its units.txt, or the bpe.model of BPE units (default: A-Z, apostrophe, |)")
     s.add_argument("--arpa", default=None, help="use this ARPA (e.g. LibriSpeech's 4-gram.arpa) instead of training "
                    "one; --order is then the ARPA's")
     s.add_argument("text")
@@ -379,13 +397,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb(data, "validate", cmd_data_validate, "check every file and audio entry of a data dir")
     s.add_argument("--allow-pipes", action="store_true", help="allow 'cmd |' entries in wav.scp (runs them)")
     s.add_argument("--sample-rate", type=int, default=16000)
-    s.add_argument("--units", default=None, help="unit list (one symbol per line); default: A-Z, apostrophe, space")
+    s.add_argument("--units", default=None, help="unit list (one symbol per line) or a BPE bpe.model; default: A-Z, apostrophe, space")
     s.add_argument("--quick", action="store_true",
                    help="read the audio headers only, not the samples (NaN or infinite samples go unnoticed)")
     s.add_argument("--drop-bad", action="store_true",
                    help="when the only problems are utterances' audio (unreadable, not mono, NaN, < 25 ms), rewrite the "
                         "dir without them and list them in its bad_utts")
     s.add_argument("data_dir")
+    s = verb(data, "bpe", cmd_data_bpe, "learn SentencePiece BPE units from a data dir's transcripts: OUT_DIR/bpe.model "
+             "(the CTC units: data.units=OUT_DIR/bpe.model) and OUT_DIR/units.txt")
+    s.add_argument("--vocab-size", type=int, required=True, help="pieces, e.g. 500 (LibriSpeech 100 h: 300-5000)")
+    s.add_argument("data_dir")
+    s.add_argument("out_dir")
     s = verb(data, "subset", cmd_data_subset, "subset a data dir by total duration, balanced over speakers")
     s.add_argument("--duration", type=parse_duration, required=True, help="e.g. 10min, 1h, 10h")
     s.add_argument("--seed", type=int, default=0)

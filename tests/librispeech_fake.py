@@ -12,12 +12,14 @@ import soundfile as sf
 FT_PARTS = [f"1h/{i}/{k}" for i in range(6) for k in ("clean", "other")] + ["9h/clean", "9h/other"]
 
 
-def make_fake_librispeech(synth_corpus: Path, out: Path) -> Path:
+def make_fake_librispeech(synth_corpus: Path, out: Path, *, mini: bool = False) -> Path:
     """Write the tree under ``out`` (LibriSpeech/ and librispeech_finetuning/); returns ``out``.
 
     train -> train-clean-100, dev -> dev-clean/dev-other, test -> test-clean/test-other (speakers
     alternate); the train utterances are also Libri-light's folds: half of them in 1h/0 (so the
-    10min set has enough to fine-tune on), the rest round-robin over the other parts."""
+    10min set has enough to fine-tune on), the rest round-robin over the other parts. ``mini``:
+    Mini LibriSpeech's layout instead (train -> train-clean-5, dev -> dev-clean-2, test ->
+    test-clean; no Libri-light folds)."""
     with open(synth_corpus / "corpus.tsv", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     spk_ids = {s: str(100 + i) for i, s in enumerate(sorted({r["spk"] for r in rows}))}
@@ -29,7 +31,9 @@ def make_fake_librispeech(synth_corpus: Path, out: Path) -> Path:
         n = per_spk[spk] = per_spk.get(spk, -1) + 1
         utt = f"{spk}-{1000 + int(spk)}-{n:04d}"  # one id per utterance, in every set that holds it
         sets = []
-        if r["split"] == "train":
+        if mini:
+            sets.append(out / "LibriSpeech" / {"train": "train-clean-5", "dev": "dev-clean-2", "test": "test-clean"}[r["split"]])
+        elif r["split"] == "train":
             sets.append(out / "LibriSpeech" / "train-clean-100")
             n_train = sum(1 for x in rows if x["split"] == "train")
             part = FT_PARTS[train_seen % 2] if train_seen < n_train // 2 else FT_PARTS[2 + train_seen % (len(FT_PARTS) - 2)]

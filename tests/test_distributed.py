@@ -65,9 +65,12 @@ def test_two_processes_equal_one_with_twice_the_accumulation(tmp_path, launcher)
     train, km = _tone_corpus(tmp_path / "train", 16, seed=0)
     cfg = _config(tmp_path, train, km)
     one, two = tmp_path / "ws1", tmp_path / "ws2"
-    _run([sys.executable, "-m", "sslseq.cli", "train", str(cfg), f"out_dir={one}", "optim.update_freq=2"])
-    _run([*LAUNCHERS[launcher](free_port()), "-m", "sslseq.cli", "train", str(cfg), f"out_dir={two}",
-          "optim.update_freq=1"])
+    # Under accelerate the same config serves both: optim.sized_for_processes=2 accumulates 2
+    # micro-batches on 1 process and 1 on each of 2.
+    freq = (["optim.sized_for_processes=2"] * 2 if launcher == "accelerate"
+            else ["optim.update_freq=2", "optim.update_freq=1"])
+    _run([sys.executable, "-m", "sslseq.cli", "train", str(cfg), f"out_dir={one}", freq[0]])
+    _run([*LAUNCHERS[launcher](free_port()), "-m", "sslseq.cli", "train", str(cfg), f"out_dir={two}", freq[1]])
     assert yaml.safe_load((two / "train_summary.yaml").read_text())["processes"] == 2
     l1, l2 = _losses(one), _losses(two)
     assert len(l1) == len(l2) == 3

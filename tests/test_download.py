@@ -93,3 +93,20 @@ def test_sets_present_are_not_fetched(archive, tmp_path: Path):
     (corpus / ".dev-clean.extracted").unlink()  # a copy the user brought: no marker, the set dir is there
     download_librispeech(corpus, ["dev-clean"], finetune=False, base_url="file:///nonexistent", md5s={})
     assert _n_utts(corpus) == 3
+
+
+def test_mini_librispeech_sets_come_from_their_own_url(tiny_corpus: Path, tmp_path: Path):
+    """train-clean-5 and dev-clean-2 are openslr.org/31's, the other sets openslr.org/12's."""
+    tree = make_fake_librispeech(tiny_corpus, tmp_path / "tree", mini=True)
+    mirrors = {"12": tmp_path / "r12", "31": tmp_path / "r31"}
+    for name, res in (("dev-clean-2", "31"), ("test-clean", "12")):
+        mirrors[res].mkdir(exist_ok=True)
+        with tarfile.open(mirrors[res] / f"{name}.tar.gz", "w:gz") as t:
+            t.add(tree / "LibriSpeech" / name, arcname=f"LibriSpeech/{name}")
+    md5s = {n: hashlib.md5((mirrors[r] / f"{n}.tar.gz").read_bytes()).hexdigest()
+            for n, r in (("dev-clean-2", "31"), ("test-clean", "12"))}
+    corpus = tmp_path / "corpus"
+    download_librispeech(corpus, ["dev-clean-2", "test-clean"], finetune=False, base_url=mirrors["12"].as_uri(),
+                         mini_url=mirrors["31"].as_uri(), md5s=md5s)
+    for name in ("dev-clean-2", "test-clean"):
+        assert read_chapters(corpus / "LibriSpeech" / name)[0]

@@ -166,3 +166,58 @@ def test_lm_dir_from_a_given_arpa(fake_tree: Path, tmp_path: Path):
     (tmp_path / "bad.arpa").write_text("not an arpa\n")
     with pytest.raises(SslseqError, match="not an ARPA file"):
         build_lm(tmp_path / "lm.txt", tmp_path / "bad", arpa=tmp_path / "bad.arpa")
+
+
+# ---------------------------------------------------------------- Mini LibriSpeech (egs/mini_librispeech)
+MINI_RUN = Path(__file__).resolve().parents[1] / "egs" / "mini_librispeech" / "run.sh"
+
+
+@pytest.fixture(scope="module")
+def mini_tree(tiny_corpus: Path, tmp_path_factory) -> Path:
+    return make_fake_librispeech(tiny_corpus, tmp_path_factory.mktemp("fake_mini"), mini=True)
+
+
+def test_prepare_mini(mini_tree: Path, tmp_path: Path):
+    written = prepare_librispeech(mini_tree, tmp_path / "data", train_set="train-clean-5",
+                                  eval_sets=("dev-clean-2", "test-clean"), finetune=False)
+    assert written == ["train_clean_5", "dev_clean_2", "test_clean"]
+    for name in written:
+        assert not check_data_dir(tmp_path / "data" / name).problems, name
+    assert (tmp_path / "data" / "labeled_subsets").read_text() == ""  # the recipe draws its subsets
+    with pytest.raises(SslseqError, match=r"missing dev-clean, dev-other, test-other \(found: dev-clean-2, test-clean, train-clean-5\)"):
+        prepare_librispeech(mini_tree, tmp_path / "other", train_set="train-clean-5", finetune=False)
+
+
+def test_mini_recipe_tiny_end_to_end(mini_tree: Path, tmp_path: Path):
+    """egs/mini_librispeech/run.sh --tiny true: train-clean-5 pretrains, a drawn 1min subset of it
+    fine-tunes, dev-clean-2 tunes the LM, dev-clean-2 and test-clean are scored."""
+    import os
+    import subprocess
+
+    import yaml
+
+    work = tmp_path / "work"
+    r = subprocess.run(["bash", str(MINI_RUN), "--corpus-dir", str(mini_tree), "--tiny", "true", "--workdir", str(work)],
+                       capture_output=True, text=True, timeout=1200, env={**os.environ, "SSLSEQ_NO_PROGRESS": "1"})
+    assert r.returncode == 0, r.stderr[-6000:]
+    exp = work / "exp" / "ctc_cpu_train_clean_5_1min_from_pretrain_hubert_cpu_mfcc_k20"
+    cfg = yaml.safe_load((exp / "config.yaml").read_text())
+    assert cfg["data"]["train"] == "data/train_clean_5_1min" and cfg["data"]["valid"] == "data/dev_clean_2"
+    for s in ("dev_clean_2", "test_clean"):
+        wer = yaml.safe_load((exp / f"decode_{s}" / "lm" / "wer.yaml").read_text())
+        assert wer["n_utts"] > 0 and 0 <= wer["wer"] <= 200
+    assert (work / "data" / "train_clean_5_1min").is_dir()
+
+
+@pytest.mark.parametrize("config", ["pretrain_hubert_1gpu", "ctc_1gpu"])
+def test_mini_one_gpu_configs_build(config: str):
+    from sslseq.models import build_model
+    from sslseq.train.config import check_train_config, resolve_train_config
+
+    path = MINI_RUN.parent / "conf" / f"{config}.yaml"
+    cfg = resolve_train_config(path, ["out_dir=x", "data.train=d", "data.labels_train=l.km", "init=none"])
+    check_train_config(cfg, where=str(path))
+    model = dict(cfg.model, name=cfg.model.get("name", "ctc"))
+    model.update(num_classes=100) if cfg.task == "pretrain" else model.update(vocab_size=30)
+    n = sum(p.numel() for p in build_model(model).parameters())
+    assert 25e6 < n < 30e6  # the size its comment states

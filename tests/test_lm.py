@@ -451,3 +451,81 @@ def test_lm_params_file_and_overrides(tmp_path):
         LmParams.from_yaml(f)
     with pytest.raises(SslseqError, match="not found; tune them"):
         LmParams.from_yaml(tmp_path / "none.yaml")
+
+
+# ---------------------------------------------------------------- BPE units (--units bpeN)
+BPE_TEXT = ["THE CAT SAT ON THE MAT", "A DOG SAT ON A MAT", "THE DOG ATE THE CAT", "ON A MAT THE CAT SAT",
+            "THE CATS SAT", "A MAT", "THE DOGS ATE"] * 3
+
+
+@pytest.fixture
+def bpe(tmp_path):
+    """A SentencePiece BPE model of 30 pieces learnt from BPE_TEXT's transcripts."""
+    from sslseq.data.text import load_tokenizer, train_bpe
+
+    text = tmp_path / "text"
+    text.write_text("".join(f"u{i:03d} {x}\n" for i, x in enumerate(BPE_TEXT)))
+    return load_tokenizer(train_bpe(text, tmp_path / "lang", 30))
+
+
+def test_bpe_tokenizer_round_trips_and_names_what_it_cannot_spell(bpe, tmp_path):
+    from sslseq.data.text import PieceTokenizer, load_tokenizer, read_units, train_bpe
+
+    assert isinstance(bpe, PieceTokenizer) and len(bpe) == 32 and bpe.units[:2] == ["<blank>", "|"]
+    assert not any("\u2581" in u or "|" in u for u in bpe.units[2:])  # pieces stay within words
+    assert read_units(tmp_path / "lang" / "units.txt") == bpe.units
+    for sentence in ["THE CAT SAT ON THE MAT", "A DOGS MAT", "TOCAM"]:  # also a word never seen
+        ids = bpe.encode(sentence)
+        assert 0 not in ids and bpe.decode(ids) == sentence
+        assert bpe.decode([0, *ids, 0]) == sentence  # blanks dropped
+        assert [bpe.units[i] for i in ids] == [p for w in sentence.split() for p in bpe.spell(w)][:-1]
+    assert bpe.check_text("THE QUIZ") == ["Q", "U", "I", "Z"]
+    with pytest.raises(SslseqError, match=r"character\(s\) 'QUIZ' in 'THE QUIZ' are in no piece of .*bpe.model"):
+        bpe.encode("THE QUIZ")
+    assert load_tokenizer(None).kind == "chars"
+    with pytest.raises(SslseqError, match=r"is not one character; the units of BPE pieces are read from their Sent"):
+        load_tokenizer(tmp_path / "lang" / "units.txt")
+    with pytest.raises(SslseqError, match="choose a smaller --units bpeN"):
+        train_bpe(tmp_path / "text", tmp_path / "big", 5000)
+
+
+def test_lexicon_search_over_bpe_pieces(bpe, tmp_path):
+    """The LM dir's lexicon spells words in the model's pieces; the search, with blank as its
+    silence, finds the words of a path of pieces, and the LM picks between acoustic twins."""
+    from sslseq.asr.ctc_decode import greedy_decode
+    from sslseq.asr.lm_decode import LexiconSearch, LmParams
+    from sslseq.lm.ngram import build_lm, load_lm_dir
+
+    model = tmp_path / "lang" / "bpe.model"
+    (tmp_path / "lm.txt").write_text("".join(f"{x}\n" for x in BPE_TEXT))
+    build_lm(tmp_path / "lm.txt", tmp_path / "lm", order=3, units=model)
+    lm_dir = load_lm_dir(tmp_path / "lm")
+    assert lm_dir.units == bpe.units and lm_dir.lexicon["CAT"] == bpe.spell("CAT")
+    search = LexiconSearch(tmp_path / "lm", bpe, model)
+    ids = {u: i for i, u in enumerate(bpe.units)}
+
+    def frames(units: list) -> np.ndarray:
+        """Each unit (or {unit: prob} tie) on two frames, then a blank."""
+        rng = np.random.default_rng(3)
+        logits = rng.normal(scale=0.5, size=(3 * len(units) + 1, len(bpe)))
+        logits[0, 0] += 8.0
+        for t, u in enumerate(units):
+            for r in (3 * t + 1, 3 * t + 2):
+                if isinstance(u, dict):
+                    logits[r] = -30.0
+                    for k, q in u.items():
+                        logits[r, ids[k]] = math.log(q)
+                else:
+                    logits[r, ids[u]] += 8.0
+            logits[3 * t + 3, 0] += 8.0
+        return (logits - np.log(np.exp(logits).sum(-1, keepdims=True))).astype(np.float32)
+
+    sentence = "THE DOG SAT ON A MAT"
+    em = frames([bpe.units[i] for i in bpe.encode(sentence)])
+    assert bpe.decode(greedy_decode(em[None])[0]) == sentence
+    assert " ".join(search.decode(search.decoder(LmParams(lm_weight=0.0)), em)) == sentence
+    # CAT or DOG equally likely acoustically, piece by piece: the LM says which follows "ATE THE"
+    cat, dog = bpe.spell("CAT")[:-1], bpe.spell("DOG")[:-1]
+    assert len(cat) == len(dog) == 1, (cat, dog)  # frequent words are one piece each here
+    em = frames([bpe.units[i] for i in bpe.encode("THE DOG ATE THE")] + ["|", {cat[0]: 0.5, dog[0]: 0.5}])
+    assert search.decode(search.decoder(LmParams(lm_weight=2.0)), em) == ["THE", "DOG", "ATE", "THE", "CAT"]

@@ -174,6 +174,30 @@ def test_load_errors(tmp_path):
         load(tmp_path)
 
 
+def test_a_damaged_model_is_named_by_its_record(tmp_path):
+    """write_exp_dir records the weights' size and SHA-256 in config.yaml; load checks both."""
+    from sslseq.models import write_exp_dir
+
+    model = build_model(hubert_cfg())
+    write_exp_dir(tmp_path, model, {"optim": {"lr": 1}})
+    weights = tmp_path / "model.safetensors"
+    good = weights.read_bytes()
+    record = yaml.safe_load((tmp_path / "config.yaml").read_text())["files"]["model.safetensors"]
+    assert record["bytes"] == len(good) and len(record["sha256"]) == 64
+    load(tmp_path)
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(SslseqError, match=rf"{weights}: {len(good) // 2} bytes, but {len(good)} were written .*"
+                                          "train \\(or convert\\) it again"):
+        load(tmp_path)
+    flipped = bytearray(good)
+    flipped[-1] ^= 1  # the last byte of the last tensor: safetensors itself would load it
+    weights.write_bytes(bytes(flipped))
+    with pytest.raises(SslseqError, match=f"{weights}: its SHA-256 differs"):
+        load(tmp_path)
+    weights.write_bytes(good)
+    load(tmp_path)
+
+
 def test_config_errors():
     with pytest.raises(SslseqError, match="known models: hubert, ctc"):
         build_model({"name": "hubret"})

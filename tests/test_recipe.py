@@ -207,3 +207,31 @@ def test_pretraining_with_two_processes_through_torchrun(tiny_run: Path, tmp_pat
     run_recipe(workdir, "--stage", "4", "--stop-stage", "4", "--ngpu", "2", "--device", "cpu", "--pretrain-steps", "6")
     summary = yaml.safe_load((workdir / "exp/pretrain_hubert_cpu_mfcc_k20/train_summary.yaml").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 6
+
+
+def test_bpe_units_fine_tune_decode_and_lm(tiny_run: Path, tmp_path: Path):
+    """--units bpe40: stage 1 learns 40 SentencePiece pieces from the train transcripts and spells
+    the LM's lexicon in them; stage 6 fine-tunes CTC on them (the exp dir carries bpe.model);
+    stage 7 decodes greedily and with the LM. The character runs are left as they were."""
+    work = tmp_path / "w"
+    pretrain = "exp/pretrain_hubert_cpu_mfcc_k20"
+    for part in ("data", pretrain):
+        shutil.copytree(tiny_run / part, work / part, symlinks=True, ignore=shutil.ignore_patterns("checkpoints"))
+    run_recipe(work, "--stage", "1", "--stop-stage", "1", "--units", "bpe40")
+    lang = work / "data" / "lang_bpe40"
+    assert (lang / "bpe.model").is_file() and len((lang / "units.txt").read_text().split()) == 42
+    lexicon = (work / "data" / "lm_bpe40" / "lexicon.txt").read_text().splitlines()
+    assert any(len(line.split()) < len(line.split()[0]) + 2 for line in lexicon)  # some word in fewer pieces than letters
+    run_recipe(work, "--stage", "6", "--stop-stage", "7", "--units", "bpe40")
+    for init in (f"from_{Path(pretrain).name}", "scratch"):
+        exp = work / "exp" / f"ctc_cpu_bpe40_train_1min_{init}"
+        assert (exp / "bpe.model").read_bytes() == (lang / "bpe.model").read_bytes()
+        cfg = yaml.safe_load((exp / "config.yaml").read_text())
+        assert cfg["data"]["units"] == "data/lang_bpe40/bpe.model" and cfg["model"]["vocab_size"] == 42
+        for s in ("dev", "test"):
+            for d in (exp / f"decode_{s}", exp / f"decode_{s}" / "lm"):
+                wer = yaml.safe_load((d / "wer.yaml").read_text())
+                assert wer["n_utts"] == 6 and 0 <= wer["wer"] <= 200, d
+    assert "bpe40" in (work / "exp" / "RESULTS.md").read_text()
+    again = run_recipe(work, "--stage", "1", "--stop-stage", "7", "--units", "bpe40")
+    assert "skip: data/lang_bpe40 is done" in again.stderr and "stage took" not in again.stderr.split("stage 2")[0]

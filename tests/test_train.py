@@ -162,6 +162,12 @@ def test_loss_decreases_and_outputs(tmp_path, tones):
     mtime = (out / "model.safetensors").stat().st_mtime_ns
     assert Trainer(cfg, model=FrameClassifier()).fit() == out
     assert (out / "model.safetensors").stat().st_mtime_ns == mtime
+    # A final model changed after it was written (same size) is not finished: the last checkpoint
+    # writes it again, byte for byte.
+    good = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    assert Trainer(cfg, model=FrameClassifier()).fit() == out
+    assert (out / "model.safetensors").read_bytes() == good
 
 
 def _setup(cfg, model):
@@ -574,3 +580,13 @@ def test_a_model_with_nan_validation_is_not_written_as_finished(tmp_path, tones)
         Trainer(cfg, model=NanAfter(start=2)).fit()
     out = Path(cfg.out_dir)
     assert not (out / "train_summary.yaml").exists() and not (out / "model.safetensors").exists()
+
+
+def test_update_freq_sized_for_more_processes():
+    from sslseq.train.config import OptimConfig, effective_update_freq
+
+    assert effective_update_freq(OptimConfig(update_freq=2), 4) == 2  # 0: as given
+    assert [effective_update_freq(OptimConfig(update_freq=1, sized_for_processes=8), p) for p in (1, 2, 8)] == [8, 4, 1]
+    assert effective_update_freq(OptimConfig(update_freq=2, sized_for_processes=8), 4) == 4
+    with pytest.raises(SslseqError, match=r"sized for 8 processes, and 3 do not divide it; run on 1, 2, 4, 8 processes"):
+        effective_update_freq(OptimConfig(sized_for_processes=8), 3)

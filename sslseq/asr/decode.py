@@ -127,20 +127,18 @@ def decode_data_dir(
     """
     from sslseq.asr import emissions as em
     from sslseq.data.kaldi import load_data_dir
-    from sslseq.data.text import CharTokenizer
+    from sslseq.data.text import load_tokenizer
     from sslseq.features.store import shard_bounds, shard_name
     from sslseq.models import load as load_model
-    from sslseq.models.exp_dir import UNITS
+    from sslseq.models.exp_dir import units_file
 
     exp_dir, data_dir, out_dir = Path(exp_dir), Path(data_dir), Path(out_dir)
     if beam < 1:
         raise SslseqError(f"beam must be >= 1 (1 = greedy), got {beam}")
     if nj < 1:
         raise SslseqError(f"--nj must be >= 1, got {nj}")
-    units = exp_dir / UNITS
-    if not units.is_file():
-        raise SslseqError(f"{units}: not found; {exp_dir} must be a fine-tuned CTC experiment dir (sslseq train)")
-    tokenizer = CharTokenizer.from_file(units)
+    units = units_file(exp_dir)
+    tokenizer = load_tokenizer(units)
     data = load_data_dir(data_dir)
     if not data.utts:
         raise SslseqError(f"{data_dir}/wav.scp: no utterances to decode")

@@ -25,11 +25,11 @@ KIND = "ctc_log_probs"
 
 def model_data_id(exp_dir: Path, data_dir: Path) -> str:
     """What the emissions depend on: the model's files (size, mtime) and the data dir's ``wav.scp``."""
-    from sslseq.models.exp_dir import CONFIG, UNITS, WEIGHTS
+    from sslseq.models.exp_dir import BPE_MODEL, CONFIG, UNITS, WEIGHTS
 
     exp_dir, data_dir = Path(exp_dir), Path(data_dir)
     h = hashlib.sha256()
-    for path in (exp_dir / WEIGHTS, exp_dir / UNITS, exp_dir / CONFIG):
+    for path in (exp_dir / WEIGHTS, exp_dir / UNITS, exp_dir / BPE_MODEL, exp_dir / CONFIG):
         if not path.is_file():
             continue
         st = path.stat()

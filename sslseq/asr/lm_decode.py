@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from sslseq.data.text import BLANK, WORD_SEP, CharTokenizer
+from sslseq.data.text import BLANK, Tokenizer
 from sslseq.utils import SslseqError, atomic_write_text, get_logger
 
 log = get_logger(__name__)
@@ -77,7 +77,7 @@ class LmParams:
 class LexiconSearch:
     """The LM, word dictionary and lexicon trie of an LM dir, built once for many searches."""
 
-    def __init__(self, lm_dir: Path, tokenizer: CharTokenizer, units_path: Path | str = "units.txt"):
+    def __init__(self, lm_dir: Path, tokenizer: Tokenizer, units_path: Path | str = "units.txt"):
         from flashlight.lib.text.decoder import SmearingMode, Trie
 
         from sslseq.lm.ngram import check_lexicon_units, load_kenlm, load_lm_dir
@@ -88,7 +88,7 @@ class LexiconSearch:
         self.num_units = len(tokenizer)
         ids = {u: i for i, u in enumerate(tokenizer.units)}
         self.blank = ids[BLANK]
-        self.sep = ids[WORD_SEP]
+        self.sep = ids[tokenizer.sil_unit]  # '|' for characters, <unk> for BPE pieces
         self.lm, self.words = load_kenlm(self.lm_dir.arpa, list(self.lm_dir.lexicon))
         self.unk = self.words.get_index(UNK)
         self.trie = Trie(self.num_units, self.sep)

@@ -94,8 +94,8 @@ def tune_lm(
     from sslseq.asr import emissions as em
     from sslseq.asr.report import resolve_recipe_path
     from sslseq.asr.score import read_text_file
-    from sslseq.data.text import CharTokenizer
-    from sslseq.models.exp_dir import UNITS
+    from sslseq.data.text import load_tokenizer
+    from sslseq.models.exp_dir import UNITS, units_file
 
     decode_dir = Path(decode_dir)
     if (decode_dir / UNITS).is_file() and not (decode_dir / "decode.yaml").is_file():
@@ -119,9 +119,9 @@ def tune_lm(
     ref_path = decode_dir / "ref.txt" if (decode_dir / "ref.txt").is_file() else data_dir / "text"
     refs = {u: w for u, (w, _) in read_text_file(ref_path, "reference").items()}
 
-    tokenizer = CharTokenizer.from_file(exp_dir / UNITS)
+    tokenizer = load_tokenizer(units_file(exp_dir))
     t0 = time.perf_counter()
-    search = LexiconSearch(Path(lm_dir), tokenizer, exp_dir / UNITS)
+    search = LexiconSearch(Path(lm_dir), tokenizer, units_file(exp_dir))
     emissions = em.load(decode_dir, exp_dir, data_dir)
     missing = [u for u in refs if u not in emissions]
     if missing:

@@ -124,9 +124,9 @@ def export_hf(exp_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite:
         )
         units_path = exp_dir / UNITS
         if units_path.is_file():
-            from sslseq.data.text import BLANK, CharTokenizer
+            from sslseq.data.text import BLANK, read_units
 
-            units = CharTokenizer.from_file(units_path).units
+            units = read_units(units_path)  # characters or BPE pieces, '|' between words either way
             if len(units) != V:
                 raise SslseqError(f"{units_path}: {len(units)} units but the model outputs {V}")
             vocab = {("<pad>" if u == BLANK else u): i for i, u in enumerate(units)}

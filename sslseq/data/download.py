@@ -16,11 +16,13 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
+from sslseq.data.librispeech import MINI_SETS
 from sslseq.utils import SslseqError, atomic_write_text, get_logger
 
 log = get_logger(__name__)
 
 OPENSLR_12 = "https://www.openslr.org/resources/12"
+OPENSLR_31 = "https://www.openslr.org/resources/31"  # Mini LibriSpeech (librispeech.MINI_SETS)
 LIBRILIGHT_FT = "https://dl.fbaipublicfiles.com/librilight/data/librispeech_finetuning.tgz"
 # openslr.org/resources/12/md5sum.txt (the same values in PaddlePaddle's data/librispeech/librispeech.py)
 LIBRISPEECH_MD5 = {
@@ -31,6 +33,9 @@ LIBRISPEECH_MD5 = {
     "dev-other": "c8d0bcc9cca99d4f8b62fcc847357931",
     "test-clean": "32fa31d27d2e1cad72775fee3f4849a9",
     "test-other": "fb5a50374b501bb3bac4815ee91d3135",
+    # openslr.org/resources/31/md5sum.txt (as in PaddleSpeech's dataset/mini_librispeech)
+    "train-clean-5": "5df7d4e78065366204ca6845bb08f490",
+    "dev-clean-2": "6d7ab67ac6a1d2c993d050e16d61080d",
 }
 _CHUNK = 1 << 20
 
@@ -117,11 +122,14 @@ def extract(archive: Path, dest: Path, name: str) -> None:
 
 
 def download_librispeech(corpus_dir: Path, sets: list[str], *, finetune: bool, base_url: str = OPENSLR_12,
-                         finetune_url: str = LIBRILIGHT_FT, md5s: dict[str, str | None] | None = None) -> None:
-    """Fetch and extract the LibriSpeech ``sets`` (and Libri-light's fine-tuning sets) into corpus_dir."""
+                         mini_url: str = OPENSLR_31, finetune_url: str = LIBRILIGHT_FT,
+                         md5s: dict[str, str | None] | None = None) -> None:
+    """Fetch and extract the LibriSpeech ``sets`` (Mini LibriSpeech's from ``mini_url``; and
+    Libri-light's fine-tuning sets) into corpus_dir."""
     corpus_dir = Path(corpus_dir)
     md5s = LIBRISPEECH_MD5 if md5s is None else md5s
-    jobs = [(s, f"{base_url}/{s}.tar.gz", md5s.get(s), corpus_dir / "LibriSpeech" / s) for s in sets]
+    jobs = [(s, f"{mini_url if s in MINI_SETS else base_url}/{s}.tar.gz", md5s.get(s), corpus_dir / "LibriSpeech" / s)
+            for s in sets]
     if finetune:  # Libri-light publishes no checksum for it: the tar is still read whole
         jobs.append(("librispeech_finetuning", finetune_url, md5s.get("librispeech_finetuning"),
                      corpus_dir / "librispeech_finetuning"))

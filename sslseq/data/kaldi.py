@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sslseq.audio import MIN_AUDIO_SECONDS, audio_info, read_audio
-from sslseq.data.text import DEFAULT_UNITS, CharTokenizer
+from sslseq.data.text import CharTokenizer, PieceTokenizer, Tokenizer, load_tokenizer
 from sslseq.utils import SslseqError, atomic_write_text, get_logger, progress
 
 log = get_logger(__name__)
@@ -351,12 +351,10 @@ def write_utterances(path: Path, d: DataDir, keep) -> None:
     )
 
 
-def _load_tokenizer(units: str | os.PathLike | CharTokenizer | None) -> CharTokenizer:
-    if units is None:
-        return CharTokenizer(DEFAULT_UNITS)
-    if isinstance(units, CharTokenizer):
+def _load_tokenizer(units: str | os.PathLike | Tokenizer | None) -> Tokenizer:
+    if isinstance(units, (CharTokenizer, PieceTokenizer)):
         return units
-    return CharTokenizer.from_file(units)
+    return load_tokenizer(units)
 
 
 def _read_for_validation(
@@ -397,7 +395,7 @@ def check_data_dir(
     *,
     allow_pipes: bool = False,
     sample_rate: int = 16000,
-    units: str | os.PathLike | CharTokenizer | None = None,
+    units: str | os.PathLike | Tokenizer | None = None,
     read_samples: bool = True,
 ) -> Validation:
     """Check every file and audio entry of a data dir.

@@ -1,10 +1,13 @@
-"""LibriSpeech and Libri-light's fine-tuning sets as Kaldi data dirs.
+"""LibriSpeech, Mini LibriSpeech and Libri-light's fine-tuning sets as Kaldi data dirs.
 
 Layout read (an existing copy, as the archives of openslr.org/12 and Libri-light extract):
   CORPUS/LibriSpeech/<set>/<spk>/<chapter>/<spk>-<chapter>-<nnnn>.flac
   CORPUS/LibriSpeech/<set>/<spk>/<chapter>/<spk>-<chapter>.trans.txt   ('<utt> <WORDS>' lines)
   CORPUS/librispeech_finetuning/1h/{0..5}/{clean,other}/<spk>/<chapter>/...   (same files)
   CORPUS/librispeech_finetuning/9h/{clean,other}/<spk>/<chapter>/...
+
+Mini LibriSpeech (openslr.org/31: train-clean-5, dev-clean-2) extracts into the same LibriSpeech/
+dir and is read the same way.
 
 Data dir names are the set names with '_' for '-' (dev-clean -> data/dev_clean); the Libri-light
 labeled sets are data/librilight_{10min,1h,10h} (10min: fold 0 of 1h; 1h: folds 0-5; 10h: 1h + 9h,
@@ -25,6 +28,8 @@ log = get_logger(__name__)
 
 TRAIN_SETS = ("train-clean-100", "train-clean-360", "train-other-500")
 EVAL_SETS = ("dev-clean", "dev-other", "test-clean", "test-other")
+# Mini LibriSpeech (openslr.org/31): 5 h of train-clean-100's speakers and a 2-hour-ish dev-clean part.
+MINI_SETS = ("train-clean-5", "dev-clean-2")
 # Pretraining sets that are unions of LibriSpeech's training parts.
 TRAIN_UNIONS = {
     "train-460": ("train-clean-100", "train-clean-360"),
@@ -44,9 +49,9 @@ def set_parts(name: str) -> tuple[str, ...]:
     """The LibriSpeech sets a pretraining set name stands for."""
     if name in TRAIN_UNIONS:
         return TRAIN_UNIONS[name]
-    if name in TRAIN_SETS or name in EVAL_SETS:
+    if name in TRAIN_SETS or name in EVAL_SETS or name in MINI_SETS:
         return (name,)
-    known = ", ".join(list(TRAIN_SETS) + list(TRAIN_UNIONS) + list(EVAL_SETS))
+    known = ", ".join(list(TRAIN_SETS) + list(TRAIN_UNIONS) + list(EVAL_SETS) + list(MINI_SETS))
     raise SslseqError(f"unknown LibriSpeech set '{name}'; use one of: {known}")
 
 

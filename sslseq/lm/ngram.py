@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from sslseq.data.text import BLANK, DEFAULT_UNITS, WORD_SEP, CharTokenizer
+from sslseq.data.text import WORD_SEP, Tokenizer, load_tokenizer, read_units
 from sslseq.utils import SslseqError, atomic_path, atomic_write_text, file_sha256, get_logger
 
 log = get_logger(__name__)
@@ -36,19 +36,19 @@ MAX_ORDER = 5  # kaldingram's limit
 SENTENCE_MARKS = ("<s>", "</s>", "<unk>")
 
 
-def spell(word: str, tokenizer: CharTokenizer) -> list[str]:
-    """``word``'s units followed by the word separator; an error if a character has no unit."""
-    bad = [c for c in word if c == WORD_SEP or c not in tokenizer.units or c == BLANK]
+def spell(word: str, tokenizer: Tokenizer) -> list[str]:
+    """``word``'s units (letters and the word separator, or BPE pieces); an error if a character has no unit."""
+    bad = tokenizer.unspellable(word)
     if bad or not word:
         raise SslseqError(
             f"word {word!r} cannot be spelled in the units {''.join(u for u in tokenizer.units if len(u) == 1)} "
             f"(no unit for {''.join(dict.fromkeys(bad)) or 'an empty word'}); normalise the LM text "
             "(sslseq corpus lm-text) or use the model's units.txt (--units)"
         )
-    return [*word, WORD_SEP]
+    return tokenizer.spell(word)
 
 
-def read_text_lines(path: Path, tokenizer: CharTokenizer) -> list[str]:
+def read_text_lines(path: Path, tokenizer: Tokenizer) -> list[str]:
     """Whitespace-normalised lines of an LM text; every word must be spellable in the units."""
     path = Path(path)
     if not path.is_file():
@@ -151,7 +151,7 @@ def arpa_vocab(arpa: Path) -> list[str]:
     return words
 
 
-def write_lexicon(words: list[str], tokenizer: CharTokenizer, path: Path) -> None:
+def write_lexicon(words: list[str], tokenizer: Tokenizer, path: Path) -> None:
     atomic_write_text(path, "".join(f"{w} {' '.join(spell(w, tokenizer))}\n" for w in words))
 
 
@@ -261,7 +261,7 @@ def build_lm(text: Path, out_dir: Path, *, order: int = 3, dev_text: Path | None
         order = len(_arpa_counts(Path(arpa)))
     if not 1 <= order <= MAX_ORDER:
         raise SslseqError(f"--order must be 1..{MAX_ORDER} (kaldingram's range), got {order}")
-    tokenizer = CharTokenizer.from_file(units) if units else CharTokenizer(DEFAULT_UNITS)
+    tokenizer = load_tokenizer(units)
     lines = read_text_lines(text, tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / INFO).unlink(missing_ok=True)  # the dir is incomplete until lm.yaml is back
@@ -324,11 +324,11 @@ def load_lm_dir(lm_dir: Path) -> LmDir:
             raise SslseqError(f"{path}: missing or not the file {info_path} describes; rerun 'sslseq lm build TEXT {lm_dir}'")
     if set(info.get("files") or {}) != {ARPA, LEXICON, UNITS}:
         raise SslseqError(f"{info_path}: does not list {ARPA}, {LEXICON} and {UNITS}; rerun 'sslseq lm build TEXT {lm_dir}'")
-    units = CharTokenizer.from_file(lm_dir / UNITS).units
+    units = read_units(lm_dir / UNITS)
     return LmDir(lm_dir, lm_dir / ARPA, read_lexicon(lm_dir / LEXICON), units, info)
 
 
-def check_lexicon_units(lm: LmDir, tokenizer: CharTokenizer, where: Path) -> None:
+def check_lexicon_units(lm: LmDir, tokenizer: Tokenizer, where: Path) -> None:
     """Every unit of the lexicon's spellings must be a unit of the model (``where``: its units file)."""
     have = set(tokenizer.units)
     for word, spelling in lm.lexicon.items():

@@ -1,7 +1,9 @@
 """The experiment dir: what a trained (or converted) model is on disk, read and written here only.
 
-``config.yaml`` (its ``model:`` key is the config ``build_model`` rebuilds the model from),
-``model.safetensors`` (the weights), ``units.txt`` (CTC output units, one a line, blank first)
+``config.yaml`` (its ``model:`` key is the config ``build_model`` rebuilds the model from; its
+``files:`` key the size and SHA-256 of the files written before it), ``model.safetensors`` (the
+weights), ``units.txt`` (CTC output units, one a line, blank first), ``bpe.model`` (the
+SentencePiece model of BPE units; ``units_file`` says which of the two is the tokenizer)
 and ``log/train.jsonl`` (``sslseq.models.train_log``). The trainer adds ``train_summary.yaml``
 and ``checkpoints/`` (``sslseq.train``), whose ``step_N/`` dirs hold weights in the same
 safetensors form.
@@ -20,16 +22,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslseq.utils import SslseqError, atomic_path, atomic_write_text
+from sslseq.utils import SslseqError, atomic_path, atomic_write_text, check_file_record, file_record
 
 __all__ = [
     "CONFIG", "WEIGHTS", "UNITS", "model_state_dict", "save_weights", "read_weights", "load_state", "load_weights",
-    "model_config_dict", "write_exp_dir", "load",
+    "model_config_dict", "write_exp_dir", "check_exp_dir", "units_file", "load",
 ]
 
 CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
 UNITS = "units.txt"
+BPE_MODEL = "bpe.model"  # sslseq.data.text.BPE_MODEL
+FILES = "files"  # the key of config.yaml that records the files written with it
 
 
 # ---------------------------------------------------------------- weights
@@ -147,10 +151,13 @@ def write_exp_dir(
     config: dict[str, Any] | None = None,
     units: list[str] | None = None,
     model_fallback: dict[str, Any] | None = None,
+    bpe_model: str | os.PathLike | None = None,
 ) -> Path:
     """Write ``model.safetensors``, ``units.txt`` (when ``units`` are given), then ``config.yaml``:
     ``config`` with its ``model:`` key set to ``model_config_dict(model, model_fallback)`` (first
-    when ``config`` has none). Each file is written atomically."""
+    when ``config`` has none) and ``files:`` the size and SHA-256 of the others (``check_exp_dir``
+    verifies them). ``bpe_model``: the SentencePiece model of BPE ``units``, copied in as
+    ``bpe.model``. Each file is written atomically."""
     import yaml
 
     out = Path(out_dir)
@@ -158,16 +165,52 @@ def write_exp_dir(
     save_weights(model, out / WEIGHTS)
     if units is not None:
         atomic_write_text(out / UNITS, "".join(f"{u}\n" for u in units))
+    if bpe_model is not None and Path(bpe_model).resolve() != (out / BPE_MODEL).resolve():
+        import shutil
+
+        with atomic_path(out / BPE_MODEL) as tmp:
+            shutil.copyfile(bpe_model, tmp)
     config = dict(config or {})
     data = config if "model" in config else {"model": None, **config}
     data["model"] = model_config_dict(model, model_fallback)
+    data[FILES] = {name: file_record(out / name) for name in (WEIGHTS, UNITS, BPE_MODEL)
+                   if (out / name).is_file()}
     text = yaml.safe_dump(json.loads(json.dumps(data, default=list)), sort_keys=False)
     atomic_write_text(out / CONFIG, text)  # after the weights: a config.yaml names a complete model
     return out
 
 
+def check_exp_dir(exp_dir: str | os.PathLike, data: dict[str, Any] | None = None, *, checksum: bool = True) -> None:
+    """SslseqError naming the file unless the weights (and units) of ``exp_dir`` have the size (and,
+    with ``checksum``, the SHA-256) that ``config.yaml`` (``data``, when already read) recorded when
+    they were written. A dir written before the record existed checks nothing."""
+    from sslseq.config import load_yaml
+
+    exp_dir = Path(exp_dir)
+    data = load_yaml(exp_dir / CONFIG) if data is None else data
+    files = data.get(FILES)
+    if not isinstance(files, dict):
+        return
+    for name, record in files.items():
+        if name in (WEIGHTS, UNITS, BPE_MODEL):
+            check_file_record(exp_dir / name, record, f"the model in {exp_dir} is damaged: train (or convert) it again",
+                              checksum=checksum)
+
+
+def units_file(exp_dir: str | os.PathLike) -> Path:
+    """The tokenizer file of a CTC experiment dir (``sslseq.data.text.load_tokenizer`` reads it):
+    ``bpe.model`` for BPE units, else ``units.txt``."""
+    exp_dir = Path(exp_dir)
+    if (exp_dir / BPE_MODEL).is_file():
+        return exp_dir / BPE_MODEL
+    if not (exp_dir / UNITS).is_file():
+        raise SslseqError(f"{exp_dir / UNITS}: not found; {exp_dir} must be a fine-tuned CTC experiment dir (sslseq train)")
+    return exp_dir / UNITS
+
+
 def load(exp_dir: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
-    """The model of ``exp_dir`` (``config.yaml`` key ``model`` + ``model.safetensors``), in eval mode."""
+    """The model of ``exp_dir`` (``config.yaml`` key ``model`` + ``model.safetensors``, checked
+    against its record), in eval mode."""
     from sslseq.config import load_yaml
     from sslseq.models import build_model
 
@@ -176,6 +219,8 @@ def load(exp_dir: str | os.PathLike, device: str | torch.device = "cpu") -> nn.M
     data = load_yaml(cfg_path)
     if not isinstance(data.get("model"), dict):
         raise SslseqError(f"{cfg_path}: no 'model' section; is {exp_dir} a training experiment directory?")
+    # Reading the weights costs about what hashing them does: check the checksum too.
+    check_exp_dir(exp_dir, data)
     model = build_model(data["model"], where=f"{cfg_path}: model")
     load_weights(model, exp_dir / WEIGHTS)
     return model.to(device).eval()

@@ -27,7 +27,7 @@ class DataConfig:
     valid: str | None = None  # Kaldi data dir for validation (None: no validation)
     labels_train: str | None = None  # <set>.km (pretraining targets)
     labels_valid: str | None = None
-    units: str | None = None  # CTC units file (None: sslseq.data.text.DEFAULT_UNITS)
+    units: str | None = None  # CTC units: a units file, a SentencePiece bpe.model (None: sslseq.data.text.DEFAULT_UNITS)
     max_batch_seconds: float = 80.0  # padded audio seconds per batch (B x longest)
     bucket_batches: int = 4  # length buckets of this many batches' audio (0: no bucketing, more padding)
     max_sample_seconds: float = 15.625  # pretraining: random crop; CTC: longer utterances dropped
@@ -51,6 +51,10 @@ class OptimConfig:
     init_lr_scale: float = 0.01  # tri_stage
     final_lr_scale: float = 0.05  # tri_stage
     update_freq: int = 1  # gradient accumulation: micro-batches per optimizer step
+    # 0: update_freq as given. N: the batch (data.max_batch_seconds x update_freq) is sized for N
+    # processes (the published recipes: 8 or 16 GPUs), so on P processes update_freq is multiplied by
+    # N / P (P must divide N) and an update holds the same audio on fewer GPUs.
+    sized_for_processes: int = 0
     # Updates skipped for a non-finite gradient (a diverged run): training stops with an error
     # after this many in a row (0: never) ...
     max_skipped_in_row: int = 10
@@ -144,6 +148,19 @@ def resolve_train_config(path: str | Path, overrides: list[str] = ()) -> TrainCo
     return cfg
 
 
+def effective_update_freq(optim: OptimConfig, processes: int) -> int:
+    """Micro-batches per update on ``processes`` processes (``optim.sized_for_processes``)."""
+    n = optim.sized_for_processes
+    if not n:
+        return optim.update_freq
+    if n % processes:
+        divisors = [d for d in range(1, n + 1) if n % d == 0]
+        raise SslseqError(f"optim.sized_for_processes={n}: the batch is sized for {n} processes, and {processes} do not "
+                          f"divide it; run on {', '.join(map(str, divisors))} processes, or set optim.update_freq "
+                          "yourself with optim.sized_for_processes=0")
+    return optim.update_freq * (n // processes)
+
+
 def pretrain_needs_labels(cfg: TrainConfig) -> bool:
     """Whether the model pretrained by ``cfg`` (``model.name``, default hubert) needs k-means labels."""
     from sslseq.models import needs_labels
@@ -185,6 +202,7 @@ def check_train_config(cfg: TrainConfig, where: str = "config") -> None:
         ("save_interval", cfg.save_interval, 1),
         ("valid_interval", cfg.valid_interval, 0),
         ("optim.max_skipped_in_row", cfg.optim.max_skipped_in_row, 0),
+        ("optim.sized_for_processes", cfg.optim.sized_for_processes, 0),
     ):
         if value < lo:
             raise bad(key, f"must be >= {lo}, got {value}")

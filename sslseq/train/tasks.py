@@ -115,10 +115,10 @@ class CtcTask:
         self.tokenizer = None  # read with the data: a finished run returns before reading anything
 
     def datasets(self) -> tuple[SpeechDataset, SpeechDataset | None]:
-        from sslseq.data.text import DEFAULT_UNITS, CharTokenizer
+        from sslseq.data.text import load_tokenizer
 
         d = self.cfg.data
-        self.tokenizer = CharTokenizer.from_file(d.units) if d.units else CharTokenizer(DEFAULT_UNITS)
+        self.tokenizer = load_tokenizer(d.units)
         common = _dataset_kwargs(self.cfg, self.tokenizer)
         train = SpeechDataset(d.train, labels=None, random_crop=True, speed_factors=d.speed_perturb, **common)
         valid = SpeechDataset(d.valid, labels=None, random_crop=False, **common) if d.valid else None

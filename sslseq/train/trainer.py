@@ -19,6 +19,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ from sslseq.train.config import (
     PATH_KEYS,
     TrainConfig,
     config_diff,
+    effective_update_freq,
     load_train_config,
     resolve_path,
     resolve_paths,
@@ -43,7 +45,7 @@ from sslseq.train.config import (
 )
 from sslseq.train.health import HealthMonitor
 from sslseq.train.tasks import make_task
-from sslseq.models.exp_dir import CONFIG, WEIGHTS, write_exp_dir
+from sslseq.models.exp_dir import CONFIG, WEIGHTS, check_exp_dir, write_exp_dir
 from sslseq.models.train_log import LOG, JsonLog
 from sslseq.train.schedule import lr_at, warmup_steps
 from sslseq.utils import SslseqError, atomic_write_text, get_logger, progress
@@ -84,6 +86,11 @@ def is_finished(cfg: TrainConfig) -> bool:
     except yaml.YAMLError:
         return False
     if not isinstance(done, dict):
+        return False
+    try:
+        check_exp_dir(out)
+    except SslseqError as e:
+        log.warning("%s; training again from the last checkpoint", e)
         return False
     if done.get("config_digest") == config_digest(cfg):
         return True
@@ -162,10 +169,15 @@ class Trainer:
         if cfg.precision == "fp16" and cpu:
             raise SslseqError("precision=fp16 needs a CUDA GPU; use precision=bf16 or fp32 on CPU")
         unused = self.task.find_unused_parameters if cfg.find_unused_parameters is None else cfg.find_unused_parameters
+        processes = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun / accelerate launch set it
+        self.update_freq = effective_update_freq(cfg.optim, processes)
+        if cfg.optim.sized_for_processes:
+            log.info("optim.sized_for_processes=%d on %d process(es): update_freq %d -> %d", cfg.optim.sized_for_processes,
+                     processes, cfg.optim.update_freq, self.update_freq)
         self.accelerator = Accelerator(
             cpu=cpu,
             mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(cfg.precision, cpu)],
-            gradient_accumulation_steps=cfg.optim.update_freq,
+            gradient_accumulation_steps=self.update_freq,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
         )
         self.device = self.accelerator.device
@@ -320,8 +332,8 @@ class Trainer:
     def train_step(self, micro_batches: list[dict[str, Any]]) -> dict[str, float]:
         """One optimizer step over ``update_freq`` micro-batches; returns this step's stats."""
         acc, o = self.accelerator, self.cfg.optim
-        if len(micro_batches) != o.update_freq:
-            raise ValueError(f"train_step needs optim.update_freq={o.update_freq} micro-batches, got {len(micro_batches)}")
+        if len(micro_batches) != self.update_freq:
+            raise ValueError(f"train_step needs update_freq={self.update_freq} micro-batches, got {len(micro_batches)}")
         self.model.train()
         self.unwrapped.set_num_updates(self.step)
         lr = lr_at(self.step, o)
@@ -573,7 +585,7 @@ class Trainer:
         try:
             for _ in bar:
                 t0 = time.time()
-                micro = [next(batches) for _ in range(o.update_freq)]
+                micro = [next(batches) for _ in range(self.update_freq)]
                 self.epoch, self.batch_index = micro[-1]["_pos"]
                 s = self.train_step(micro)
                 self._accumulate(s, time.time() - t0)
@@ -641,7 +653,8 @@ class Trainer:
         """model.safetensors, units.txt (CTC), config.yaml, then train_summary.yaml (the done marker)."""
         out = self.out_dir
         units = self.tokenizer.units if self.tokenizer is not None else None
-        write_exp_dir(out, self.unwrapped, to_dict(self.cfg), units=units, model_fallback=self.model_cfg)
+        write_exp_dir(out, self.unwrapped, to_dict(self.cfg), units=units, model_fallback=self.model_cfg,
+                      bpe_model=getattr(self.tokenizer, "model_path", None))
         wall = self._wall_time()
         summary = {
             "task": self.cfg.task,
