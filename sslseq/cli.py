@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "recording)")
     s.add_argument("--cuts", default=None, help="a lhotse CutSet instead (one utterance per supervision of a cut, or "
                                                 "per cut without supervisions)")
-    s.add_argument("out_dir", help="the data dir to write (audio that is part of a recording goes to OUT_DIR/audio/)")
+    s.add_argument("out_dir", help="the data dir to write (audio that is part of a recording goes to OUT_DIR/lhotse_audio/)")
     s = verb(data, "to-lhotse", cmd_data_to_lhotse,
              "lhotse manifests of a data dir: recordings + supervisions and/or cuts (needs: pip install lhotse)")
     s.add_argument("--recordings", default=None, help="RecordingSet to write (.jsonl.gz)")

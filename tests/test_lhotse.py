@@ -228,9 +228,20 @@ def test_errors_name_the_manifest_and_item(small, tmp_path):
     # a recording whose file is gone
     rows[1]["sources"][0]["source"] = str(tmp_path / "gone.wav")
     _write_lines(m / "r_gone.jsonl.gz", rows)
-    with pytest.raises(SslseqError, match=rf"s.jsonl.gz:2: recording {d.utts[1]}: audio file not found: "
-                                          rf"{tmp_path / 'gone.wav'}"):
+    with pytest.raises(SslseqError, match=rf"s.jsonl.gz:2: recording {d.utts[1]} \(\S+r_gone.jsonl.gz:2\): audio file "
+                                          rf"not found: {tmp_path / 'gone.wav'}"):
         lhotse_to_data_dir(tmp_path / "o", recordings=m / "r_gone.jsonl.gz", supervisions=m / "s.jsonl.gz")
+    # cuts: a part of a recording whose file is gone; a padded (mixed) cut
+    gone = Recording.from_dict(rows[1])
+    sup = SupervisionSegment(id="part", recording_id=gone.id, start=0.1, duration=0.5, text="A", speaker="s")
+    cut = CutSet.from_manifests(recordings=RecordingSet.from_recordings([gone]),
+                                supervisions=SupervisionSet.from_segments([sup])).trim_to_supervisions()
+    cut.to_file(m / "c_gone.jsonl.gz")
+    with pytest.raises(SslseqError, match=rf"c_gone.jsonl.gz:1: cut \S+: recording {gone.id}: audio file not found"):
+        lhotse_to_data_dir(tmp_path / "o", cuts=m / "c_gone.jsonl.gz")
+    CutSet.from_cuts([c.pad(duration=c.duration + 1) for c in CutSet.from_file(m / "c.jsonl.gz")]).to_file(m / "p.jsonl.gz")
+    with pytest.raises(SslseqError, match=r"p.jsonl.gz:1: cut \S+ is a MixedCut \(padded or mixed audio\)"):
+        lhotse_to_data_dir(tmp_path / "o", cuts=m / "p.jsonl.gz")
     # a supervision of an unknown recording; one without text among labeled ones; a span outside its recording
     srows = [s.to_dict() for s in sups]
     for change, msg in (

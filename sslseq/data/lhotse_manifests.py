@@ -10,7 +10,7 @@ utterance is a whole audio entry of wav.scp:
   and that has no lhotse transforms (speed perturbation, resampling) maps to that entry;
 - anything else (part of a recording, another channel than the only one, several channels,
   URL / memory / shar sources, transforms) is read with lhotse and written as the utterance's
-  own file under ``OUT_DIR/audio/`` (FLAC when the samples are exactly 16-bit, else float WAV),
+  own file under ``OUT_DIR/lhotse_audio/`` (FLAC when the samples are exactly 16-bit, else float WAV),
   so sslseq reads the very samples lhotse reads. Several channels (a supervision's or cut's
   channel list, or an unlabeled multi-channel recording) are averaged into one.
 The audio keeps its sampling rate: sslseq's reader resamples when it reads (``sslseq/audio.py``).
@@ -35,7 +35,7 @@ from sslseq.utils import SslseqError, atomic_path, get_logger, progress
 
 log = get_logger(__name__)
 
-AUDIO_SUBDIR = "audio"  # OUT_DIR/audio/: the utterances from-lhotse had to cut or mix itself
+AUDIO_SUBDIR = "lhotse_audio"  # OUT_DIR/lhotse_audio/: the utterances from-lhotse had to cut or mix itself
 _EDGE = 1e-3  # seconds: a supervision this close to a recording's ends covers it
 
 
@@ -118,6 +118,13 @@ class _Utt:
     duration: float
     channels: list[int]
     where: str  # the manifest line it comes from
+    rec_where: str  # the line of its recording
+
+    @property
+    def rec_name(self) -> str:
+        """The recording, and its manifest line where that is another line than ``where``'s."""
+        other = "" if self.where.startswith(self.rec_where) else f" ({self.rec_where})"
+        return f"recording {self.recording.id}{other}"
 
 
 def _channels(channel, rec, where: str) -> list[int]:
@@ -138,16 +145,19 @@ def _span(start: float, duration: float, lo: float, hi: float, where: str, of: s
     return start, end - start
 
 
-def _from_supervision(sup, rec, where: str, cut=None) -> _Utt:
+def _from_supervision(sup, rec, where: str, rec_where: str, cut=None) -> _Utt:
     """The utterance of a supervision (times relative to ``cut``'s start when it is in one)."""
     if cut is None:
         start, duration = _span(sup.start, sup.duration, 0.0, rec.duration, where, f"recording {rec.id}")
     else:
-        start, duration = _span(cut.start + sup.start, sup.duration, cut.start, cut.end, where, f"cut {cut.id}")
+        start, duration = _span(cut.start + sup.start, sup.duration, cut.start, cut.end, where,
+                                f"cut {cut.id} (a supervision that a cut holds only part of has text that is not all in "
+                                "the audio: convert cuts that hold whole supervisions, e.g. trim_to_supervisions())")
     text = " ".join(sup.text.split()) if sup.text is not None else None  # no newline may end up in `text`
     if text == "":
         raise SslseqError(f"{where}: supervision {sup.id} has an empty text; give it one or drop the supervision")
-    return _Utt(sup.id, sup.speaker or rec.id, text, rec, start, duration, _channels(sup.channel, rec, where), where)
+    return _Utt(sup.id, sup.speaker or rec.id, text, rec, start, duration, _channels(sup.channel, rec, where), where,
+                rec_where)
 
 
 def _from_recordings(recordings: Path, supervisions: Path | None) -> list[_Utt]:
@@ -157,13 +167,14 @@ def _from_recordings(recordings: Path, supervisions: Path | None) -> list[_Utt]:
             raise SslseqError(f"{where}: recording id {rec.id} repeated (first at {recs[rec.id][1]})")
         recs[rec.id] = (rec, where)
     if supervisions is None:  # unlabeled: every recording, all its channels
-        return [_Utt(r.id, r.id, None, r, 0.0, r.duration, list(r.channel_ids), w) for r, w in recs.values()]
+        return [_Utt(r.id, r.id, None, r, 0.0, r.duration, list(r.channel_ids), w, w) for r, w in recs.values()]
     utts, used = [], set()
     for where, sup in _manifest_items(supervisions, "supervision"):
         if sup.recording_id not in recs:
             raise SslseqError(f"{where}: supervision {sup.id}: recording {sup.recording_id!r} is not in {recordings}")
         used.add(sup.recording_id)
-        utts.append(_from_supervision(sup, recs[sup.recording_id][0], where))
+        rec, rec_where = recs[sup.recording_id]
+        utts.append(_from_supervision(sup, rec, where, rec_where))
     unused = [r for r in recs if r not in used]
     if unused:
         log.warning("%s: %d recording(s) have no supervision in %s and are left out (e.g. %s)",
@@ -184,10 +195,10 @@ def _from_cuts(cuts: Path) -> list[_Utt]:
             raise SslseqError(f"{where}: cut {cut.id} has no recording (features only); sslseq needs the audio")
         if not cut.supervisions:
             utts.append(_Utt(cut.id, rec.id, None, rec, cut.start, cut.duration, _channels(cut.channel, rec, where),
-                             where))
+                             where, where))
             continue
         for sup in cut.supervisions:
-            utts.append(_from_supervision(sup, rec, f"{where}: cut {cut.id}", cut))
+            utts.append(_from_supervision(sup, rec, f"{where}: cut {cut.id}", where, cut))
     return utts
 
 
@@ -243,7 +254,7 @@ def _whole_entry(u: _Utt) -> str | None:
 
 def _check_source_file(u: _Utt, path: str) -> None:
     if not os.path.isfile(path):
-        raise SslseqError(f"{u.where}: recording {u.recording.id}: audio file not found: {path} "
+        raise SslseqError(f"{u.where}: {u.rec_name}: audio file not found: {path} "
                           "(fix the path in the recordings manifest)")
 
 
@@ -256,11 +267,11 @@ def _write_own_audio(u: _Utt, uid: str, out: Path) -> tuple[str, float]:
     try:
         x = rec.load_audio(channels=u.channels, offset=u.start, duration=u.duration)
     except Exception as e:  # lhotse's audio backends raise many kinds
-        raise SslseqError(f"{u.where}: recording {rec.id}: lhotse could not read its audio ({type(e).__name__}: "
+        raise SslseqError(f"{u.where}: {u.rec_name}: lhotse could not read its audio ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
     x = np.asarray(x, dtype=np.float32).reshape(len(u.channels), -1).mean(axis=0)
     if x.size == 0:
-        raise SslseqError(f"{u.where}: recording {rec.id}: no samples in {u.start:.3f}+{u.duration:.3f} s")
+        raise SslseqError(f"{u.where}: {u.rec_name}: no samples in {u.start:.3f}+{u.duration:.3f} s")
     pcm16 = x * 32768.0
     exact16 = bool(np.all(pcm16 == np.round(pcm16)) and np.all(np.abs(pcm16) <= 32767))
     name = uid.replace("/", "%2F") + (".flac" if exact16 else ".wav")
