@@ -274,3 +274,38 @@ def test_without_lhotse_one_line_error(small, tmp_path, monkeypatch):
         data_dir_to_lhotse(small, cuts=tmp_path / "c.jsonl.gz")
     with pytest.raises(SslseqError, match=r"^lhotse is not installed; pip install lhotse"):
         lhotse_to_data_dir(tmp_path / "o", cuts=tmp_path / "c.jsonl.gz")
+
+
+RUN = Path(__file__).resolve().parents[1] / "egs" / "lhotse" / "run.sh"
+
+
+def _run(*args: str):
+    import os
+    import subprocess
+
+    return subprocess.run(["bash", str(RUN), *args], capture_output=True, text=True, timeout=1200,
+                          env={**os.environ, "SSLSEQ_NO_PROGRESS": "1"})
+
+
+def test_recipe_stages_0_1_on_manifests(tiny_data, tmp_path):
+    """egs/lhotse/run.sh: stage 0 makes the data dirs from lhotse's file names (cuts for train,
+    recordings + supervisions for dev and test), stage 1 validates them, draws the CTC subset and
+    builds the LM from the train transcripts. Stages 2+ are the shared recipe's, as for any corpus."""
+    m = tmp_path / "manifests"
+    data_dir_to_lhotse(tiny_data / "train", cuts=m / "synth_cuts_train.jsonl.gz")
+    for s in ("dev", "test"):
+        data_dir_to_lhotse(tiny_data / s, recordings=m / f"synth_recordings_{s}.jsonl.gz",
+                           supervisions=m / f"synth_supervisions_{s}.jsonl.gz")
+    work = tmp_path / "work"
+    r = _run("--manifest-dir", str(m), "--prefix", "synth", "--train-part", "train", "--dev-part", "dev",
+             "--test-parts", "dev test", "--tiny", "true", "--workdir", str(work), "--stop-stage", "1")
+    assert r.returncode == 0, r.stderr[-6000:]
+    for s in ("train", "dev", "test"):
+        for f in FILES:
+            assert (work / "data" / s / f).read_text() == (tiny_data / s / f).read_text(), (s, f)
+    assert (work / "data" / "train_1min" / "text").is_file() and (work / "data" / "lm" / "lm.arpa").is_file()
+    r = _run("--manifest-dir", str(m), "--prefix", "synth", "--train-part", "train", "--dev-part", "valid",
+             "--workdir", str(work))
+    assert r.returncode != 0 and "neither synth_cuts_valid.jsonl.gz nor synth_recordings_valid.jsonl.gz" in r.stderr
+    r = _run("--manifest-dir", str(m), "--train-part", "train", "--dev-part", "dev", "--workdir", str(work))
+    assert r.returncode != 0 and "--prefix NAME" in r.stderr

@@ -325,8 +325,9 @@ def lhotse_to_data_dir(
     text = {uid: u.text for uid, u in zip(ids, utts)} if utts[0].text is not None else None
     write_data_dir(out, wav=wav, text=text, utt2spk=utt2spk, utt2dur=dur)
     pipes = sum(is_pipe(v) for v in wav.values())
-    log.info("%s: %d utterances from %s (%d written to %s/, %d 'cmd |' entries%s)", out, len(wav), source, own,
-             out / AUDIO_SUBDIR, pipes, ": read them with --allow-pipes" if pipes else "")
+    notes = ([f"{own} cut or mixed by lhotse into {out / AUDIO_SUBDIR}/"] if own else []) + \
+        ([f"{pipes} 'cmd |' entries: read them with --allow-pipes"] if pipes else [])
+    log.info("%s: %d utterances from %s%s", out, len(wav), source, f" ({'; '.join(notes)})" if notes else "")
     return len(wav)
 
 
