@@ -32,6 +32,9 @@ case " ${args[*]-} " in *" --help "*|*" -h "*) sed -n '2,12p' "$0"; cd "$here"; 
 manifests=$(cd "$manifests" && pwd)  # the recipe runs from egs/lhotse
 [[ "$manifests" != *[[:space:]]* ]] || { echo "$0: --manifest-dir '$manifests': a path without whitespace is needed" >&2; exit 1; }
 [ -n "$tests" ] || tests=$dev
+for v in "$prefix" "$train" "$dev"; do
+  case "$v" in *[!A-Za-z0-9._-]*) echo "$0: '$v': a prefix or part of only letters, digits, '.', '_' and '-' is needed" >&2; exit 1 ;; esac
+done
 set_name() { local s=${1//-/_}; echo "${s//./_}"; }
 parts=()
 for p in $train $dev $tests; do
