@@ -309,3 +309,27 @@ def test_recipe_stages_0_1_on_manifests(tiny_data, tmp_path):
     assert r.returncode != 0 and "neither synth_cuts_valid.jsonl.gz nor synth_recordings_valid.jsonl.gz" in r.stderr
     r = _run("--manifest-dir", str(m), "--train-part", "train", "--dev-part", "dev", "--workdir", str(work))
     assert r.returncode != 0 and "--prefix NAME" in r.stderr
+
+
+def test_other_manifest_formats_and_cut_spans(small, tmp_path):
+    """.jsonl (plain) and .json manifests read the same; a supervision a cut holds only part of is an error."""
+    d = load_data_dir(small)
+    recs, sups = _lhotse_manifests(d, tmp_path / "m")
+    lhotse_to_data_dir(tmp_path / "ref", recordings=tmp_path / "m/r.jsonl.gz", supervisions=tmp_path / "m/s.jsonl.gz")
+    for ext in ("jsonl", "json"):
+        recs.to_file(tmp_path / f"r.{ext}")
+        sups.to_file(tmp_path / f"s.{ext}")
+        lhotse_to_data_dir(tmp_path / ext, recordings=tmp_path / f"r.{ext}", supervisions=tmp_path / f"s.{ext}")
+        for f in FILES:
+            assert (tmp_path / ext / f).read_text() == (tmp_path / "ref" / f).read_text()
+    (tmp_path / "bad.json").write_text('[{"id": "x"}]')
+    with pytest.raises(SslseqError, match=r"bad.json: not a lhotse manifest"):
+        lhotse_to_data_dir(tmp_path / "o", recordings=tmp_path / "bad.json")
+    u = d.utts[0]
+    part = CutSet.from_manifests(recordings=recs, supervisions=sups).subset(first=1)
+    part = CutSet.from_cuts([c.truncate(duration=c.duration / 2) for c in part])  # keeps the whole supervision
+    part.to_file(tmp_path / "half.jsonl.gz")
+    with pytest.raises(SslseqError, match=rf"half.jsonl.gz:1: cut \S+: span 0.000-.* is not inside cut .*"
+                                          r"trim_to_supervisions"):
+        lhotse_to_data_dir(tmp_path / "o", cuts=tmp_path / "half.jsonl.gz")
+    assert u in part[0].supervisions[0].id
