@@ -28,9 +28,12 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "kaldi-native-fbank>=1.18", "scikit-learn>=1.3", "faiss-cpu>=1.7", "transformers>=4.40",
+                 "lhotse>=1.20",  # tests/test_lhotse.py (skipped without it)
                  # Kernel tests run the Triton interpreter on CPU; wheels exist for x86_64 Linux only.
                  "triton>=3.0; platform_system=='Linux' and platform_machine=='x86_64'"],
         "gpu": ["triton>=3.0"],
+        # `sslseq data from-lhotse / to-lhotse`; lhotse asks for torch without a version, so it keeps the installed one
+        "lhotse": ["lhotse>=1.20"],
     },
     entry_points={"console_scripts": ["sslseq=sslseq.cli:main"]},
 )

@@ -127,6 +127,20 @@ def cmd_data_subset(a: argparse.Namespace) -> None:
     subset_by_duration(Path(a.src_dir), Path(a.dst_dir), seconds=a.duration, seed=a.seed)
 
 
+def cmd_data_from_lhotse(a: argparse.Namespace) -> None:
+    from sslseq.data.lhotse_manifests import lhotse_to_data_dir
+
+    n = lhotse_to_data_dir(Path(a.out_dir), recordings=a.recordings, supervisions=a.supervisions, cuts=a.cuts)
+    print(f"{a.out_dir}: {n} utterances; check it with 'sslseq data validate {a.out_dir}'")
+
+
+def cmd_data_to_lhotse(a: argparse.Namespace) -> None:
+    from sslseq.data.lhotse_manifests import data_dir_to_lhotse
+
+    data_dir_to_lhotse(Path(a.data_dir), recordings=a.recordings, supervisions=a.supervisions, cuts=a.cuts,
+                       allow_pipes=a.allow_pipes)
+
+
 def cmd_feats_dump(a: argparse.Namespace) -> None:
     from sslseq.features.dump import dump_features
 
@@ -391,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("text", help="a data dir or a Kaldi text file")
 
     # data
-    data = verbs.add_parser("data", help="Kaldi data dirs: validate, subset").add_subparsers(
+    data = verbs.add_parser("data", help="Kaldi data dirs: validate, subset, lhotse manifests").add_subparsers(
         dest="sub", metavar="SUB", required=True
     )
     s = verb(data, "validate", cmd_data_validate, "check every file and audio entry of a data dir")
@@ -414,6 +428,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("src_dir")
     s.add_argument("dst_dir")
+    s = verb(data, "from-lhotse", cmd_data_from_lhotse,
+             "a data dir from lhotse manifests: recordings (+ supervisions) or cuts (needs: pip install lhotse)")
+    s.add_argument("--recordings", default=None, help="a lhotse RecordingSet (.jsonl.gz)")
+    s.add_argument("--supervisions", default=None,
+                   help="its SupervisionSet: one utterance per supervision (without it: one unlabeled utterance per "
+                        "recording)")
+    s.add_argument("--cuts", default=None, help="a lhotse CutSet instead (one utterance per supervision of a cut, or "
+                                                "per cut without supervisions)")
+    s.add_argument("out_dir", help="the data dir to write (audio that is part of a recording goes to OUT_DIR/lhotse_audio/)")
+    s = verb(data, "to-lhotse", cmd_data_to_lhotse,
+             "lhotse manifests of a data dir: recordings + supervisions and/or cuts (needs: pip install lhotse)")
+    s.add_argument("--recordings", default=None, help="RecordingSet to write (.jsonl.gz)")
+    s.add_argument("--supervisions", default=None, help="SupervisionSet to write (.jsonl.gz)")
+    s.add_argument("--cuts", default=None, help="CutSet to write (.jsonl.gz)")
+    s.add_argument("--allow-pipes", action="store_true",
+                   help="run 'cmd |' entries of wav.scp once for their length (they become 'command' sources)")
+    s.add_argument("data_dir")
 
     # feats
     feats = verbs.add_parser("feats", help="feature extraction").add_subparsers(dest="sub", metavar="SUB", required=True)
