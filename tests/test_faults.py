@@ -224,6 +224,41 @@ def test_bad_train_values_are_one_line_errors(override, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_damaged_hf_dirs_and_a_safetensors_given_as_fairseq_are_named(tmp_path: Path):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from sslseq.convert import load_torch_file
+    from sslseq.convert.hf import load_hf_dir
+    from sslseq.utils import SslseqError
+
+    d = tmp_path / "hf"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "hubert"}))
+    save_file({"w": torch.zeros(64, 64)}, str(d / "model.safetensors"))
+    good = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(good[: len(good) // 2])
+    with pytest.raises(SslseqError, match=r"model\.safetensors: cannot read weights .* the file is damaged: copy or "
+                                          "download the model again"):
+        load_hf_dir(d)
+    (d / "model.safetensors").rename(d / "model-00001-of-00001.safetensors")
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(SslseqError, match=r"index\.json: no 'weight_map' \(parameter name → shard file\)"):
+        load_hf_dir(d)
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "model-00001-of-00001.safetensors"}}))
+    with pytest.raises(SslseqError, match=r"model-00001-of-00001\.safetensors: cannot read weights"):
+        load_hf_dir(d)  # the shard is still the cut one
+    (d / "model-00001-of-00001.safetensors").write_bytes(good)
+    assert load_hf_dir(d)[1]["w"].shape == (64, 64)
+    # --from fairseq: a .safetensors that torch.load cannot read (torch < 2.13 reads none) is named with the fix
+    (tmp_path / "cut.safetensors").write_bytes(good[: len(good) // 2])
+    with pytest.raises(SslseqError, match=r"cut\.safetensors: cannot read the checkpoint .*it is a safetensors file: "
+                                          "convert its transformers directory with --from hf"):
+        load_torch_file(tmp_path / "cut.safetensors")
+
+
 def test_an_empty_checkpoint_file_is_named(tmp_path: Path):
     from sslseq.convert import load_torch_file
     from sslseq.utils import SslseqError

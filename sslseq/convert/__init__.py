@@ -221,7 +221,16 @@ def load_torch_file(path: str | os.PathLike) -> Any:
                 "  torch.save({'model': ckpt['model'], 'cfg': OmegaConf.to_container(ckpt['cfg'], resolve=True)}, new_path)\n"
                 "(or save ckpt['model'] alone: the architecture is then inferred from the weights)"
             ) from None
-        raise SslseqError(f"{path}: cannot read the checkpoint ({msg.splitlines()[0] if msg else type(e).__name__})") from None
+        raise _unreadable_checkpoint(path, e) from None
+    except Exception as e:  # e.g. torch 2.13 reading a damaged .safetensors raises safetensors' own error
+        raise _unreadable_checkpoint(path, e) from None
+
+
+def _unreadable_checkpoint(path: Path, e: Exception) -> SslseqError:
+    msg = str(e)
+    hint = "; it is a safetensors file: convert its transformers directory with --from hf" \
+        if path.suffix == ".safetensors" else ""
+    return SslseqError(f"{path}: cannot read the checkpoint ({msg.splitlines()[0] if msg else type(e).__name__}){hint}")
 
 
 # ------------------------------------------------------------------ entry points

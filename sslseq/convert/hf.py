@@ -249,9 +249,8 @@ def load_hf_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     """(config.json, weights, vocab.json or None) of a ``save_pretrained`` dir; never unpickles code."""
     import json
 
-    from safetensors.torch import load_file
-
     from sslseq.convert import load_torch_file
+    from sslseq.models.exp_dir import read_weights
 
     d = Path(path)
     cfg_path = d / "config.json"
@@ -262,13 +261,19 @@ def load_hf_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     except ValueError as e:
         raise SslseqError(f"{cfg_path}: not valid JSON ({e})") from None
     single, index, legacy = d / "model.safetensors", d / "model.safetensors.index.json", d / "pytorch_model.bin"
+    fix = "copy or download the model again"
     if single.is_file():
-        state = load_file(str(single), device="cpu")
+        state = read_weights(single, fix)
     elif index.is_file():
-        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        except (ValueError, AttributeError) as e:
+            raise SslseqError(f"{index}: not a JSON object ({e}); {fix}") from None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise SslseqError(f"{index}: no 'weight_map' (parameter name → shard file), so the shards are unknown; {fix}")
         state = {}
-        for shard in shards:
-            state.update(load_file(str(d / shard), device="cpu"))
+        for shard in sorted(set(map(str, weight_map.values()))):
+            state.update(read_weights(d / shard, fix))
     elif legacy.is_file():
         state = load_torch_file(legacy)
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
