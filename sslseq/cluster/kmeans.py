@@ -299,9 +299,11 @@ def _assign_top2(x: torch.Tensor, centroids: torch.Tensor, chunk: int | None = N
             d = torch.addmm(c_sq, xb, c_t, alpha=-2.0)
             x_sq = (xb * xb).sum(1, keepdim=True)
             if k >= 2:
-                v, i = d.topk(2, dim=1, largest=False)  # sorted ascending
-                v = v.add_(x_sq).clamp_min_(0.0).sqrt_()
-                labels[s:e], d1[s:e], d2[s:e] = i[:, 0], v[:, 0], v[:, 1]
+                # min + masked amin: the same two values as topk(2), about twice as fast on the CPU
+                m1, i = d.min(1)
+                m2 = d.scatter_(1, i[:, None], math.inf).amin(1)
+                v = torch.stack([m1, m2], 1).add_(x_sq).clamp_min_(0.0).sqrt_()
+                labels[s:e], d1[s:e], d2[s:e] = i, v[:, 0], v[:, 1]
             else:
                 labels[s:e] = 0
                 d1[s:e] = (d[:, 0] + x_sq[:, 0]).clamp_min_(0.0).sqrt_()
