@@ -74,17 +74,18 @@ def test_chunked_assignment_equals_brute_force():
         torch.testing.assert_close(dist, full.min(1).values, rtol=1e-4, atol=1e-4)
 
 
-def test_bounded_lloyd_matches_plain_lloyd():
-    # Hamerly's bounds only skip work: the iterates must be those of textbook Lloyd.
+@pytest.mark.parametrize("k", [10, 75])  # one centroid a group; groups of 3 with the last one padded
+def test_bounded_lloyd_matches_plain_lloyd(k):
+    # The group bounds only skip work: the iterates must be those of textbook Lloyd.
     x, _, _ = blobs(n=4000, k=10, spread=2.0, seed=7)  # overlapping blobs: many points move
     xt = torch.from_numpy(x)
-    init = xt[:10].clone()
+    init = xt[torch.randperm(len(xt), generator=torch.Generator().manual_seed(0))[:k]].clone()
     c = init.clone()
     for _ in range(6):
         lab = torch.cdist(xt.double(), c.double()).argmin(1)
-        assert torch.bincount(lab, minlength=10).min() > 0
-        c = torch.stack([xt[lab == j].double().mean(0) for j in range(10)]).float()
-    got, inert, n_iter = fit_kmeans(xt, 10, init=init, max_iter=6, tol=0.0, device="cpu", verbose=False)
+        assert torch.bincount(lab, minlength=k).min() > 0
+        c = torch.stack([xt[lab == j].double().mean(0) for j in range(k)]).float()
+    got, inert, n_iter = fit_kmeans(xt, k, init=init, max_iter=6, tol=0.0, device="cpu", verbose=False)
     assert n_iter == 6
     torch.testing.assert_close(got, c, rtol=1e-4, atol=1e-4)
     assert math.isclose(inert, inertia(xt, got), rel_tol=1e-5)
