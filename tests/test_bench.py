@@ -77,3 +77,19 @@ def _args(**kw):
     base = dict(model="wav2vec2", size=None, batch=1, seconds=1.0, device="cpu", dtype="fp32", agree_steps=0,
                 steps=1, warmup=0, threads=1, seed=0, out=None)
     return argparse.Namespace(**{**base, **kw})
+
+
+def test_bench_kmeans_times_the_whole_command_beside_the_fit(capsys):
+    """The whole ``sslseq kmeans fit`` command (new process, feature dir, model file) and the
+    in-process fit on the same data, inertia measured the same way for both, scikit-learn the reference."""
+    pytest.importorskip("sklearn")
+    from sslseq.cli import main
+
+    assert main(["bench", "kmeans", "--frames", "6000", "--dim", "13", "--k", "20", "--skip", "faiss"]) == 0
+    rows = {line.split("  ")[0].strip(): line.split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("sslseq", "sklearn"))}
+    assert set(rows) == {"sslseq kmeans fit (command)", "sslseq (Lloyd, k-means++)", "sklearn MiniBatchKMeans"}
+    command, fit = rows["sslseq kmeans fit (command)"], rows["sslseq (Lloyd, k-means++)"]
+    # columns from the right: inertia / MBK, speedup, per frame, inertia, fit seconds
+    assert float(command[-5]) >= float(fit[-5]) > 0  # a new process costs at least the fit itself
+    assert abs(float(command[-4]) / float(fit[-4]) - 1) < 0.02  # the same fit: inertia within 2%
