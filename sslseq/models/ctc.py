@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sslseq.config import from_dict, to_dict
-from sslseq.models import ModelOutput
+from sslseq.models.base import ModelOutput, SpeechModel
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.utils import SslseqError, get_logger
 
@@ -113,7 +113,7 @@ def _architecture(enc: dict[str, Any]) -> dict[str, Any]:
     return arch
 
 
-class CTCModel(nn.Module):
+class CTCModel(SpeechModel):
     def __init__(self, cfg: CTCConfig):
         super().__init__()
         if cfg.vocab_size < 2:
@@ -127,12 +127,10 @@ class CTCModel(nn.Module):
             raise SslseqError(f"model.upsample must be 1..8 CTC outputs per encoder frame, got {cfg.upsample}")
         self.cfg = dataclasses.replace(cfg, encoder=resolve_encoder_config(cfg))
         self.encoder = SpeechEncoder(self.cfg.encoder)
-        self.frame_rate = self.encoder.frame_rate * cfg.upsample  # of the CTC outputs
         self.final_dropout = nn.Dropout(cfg.final_dropout)
         self.proj = nn.Linear(self.encoder.embed_dim, cfg.vocab_size * cfg.upsample)
         nn.init.xavier_uniform_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
-        self.num_updates = 0
 
     @classmethod
     def from_pretrained(cls, ssl_model: nn.Module, cfg_overrides: dict[str, Any]) -> "CTCModel":
@@ -168,8 +166,10 @@ class CTCModel(nn.Module):
         log.info("CTC model: encoder initialised from a pretrained %s, new %d-unit head", type(ssl_model).__name__, cfg.vocab_size)
         return model
 
-    def set_num_updates(self, step: int) -> None:
-        self.num_updates = step
+    @property
+    def frame_rate(self) -> float:
+        """Of the CTC outputs: the encoder's times ``upsample``."""
+        return self.encoder.frame_rate * self.cfg.upsample
 
     @property
     def encoder_frozen(self) -> bool:
@@ -210,9 +210,6 @@ class CTCModel(nn.Module):
             "encoder_frozen": float(self.encoder_frozen),
         }
         return ModelOutput(loss, n_tokens, logs)
-
-    def extract_features(self, wav: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return self.encoder.extract_features(wav, wav_lens)
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslseq.models import ModelOutput
+from sslseq.models.base import ModelOutput, SpeechModel
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.objectives.codebook import OnlineCodebooks, codeword_perplexity
 from sslseq.objectives.quantizer import codebook_use
@@ -86,7 +86,7 @@ def instance_norm_valid(x: torch.Tensor, valid: torch.Tensor, eps: float = 1e-5)
     return (x - mean) * torch.rsqrt(var + eps)
 
 
-class DinoSR(nn.Module):
+class DinoSR(SpeechModel):
     needs_labels = False  # targets come from the model's own teacher
 
     def __init__(self, cfg: DinoSRConfig):
@@ -108,7 +108,6 @@ class DinoSR(nn.Module):
             raise SslseqError(f"model.ema_decay and model.ema_end_decay must be in [0, 1], got {cfg.ema_decay}, {cfg.ema_end_decay}")
         self.cfg = cfg
         self.encoder = SpeechEncoder(enc)  # the student; CTC fine-tuning copies it
-        self.frame_rate = self.encoder.frame_rate
         D = self.encoder.embed_dim
         self.heads = nn.ModuleList(nn.Linear(D, cfg.codebook_size) for _ in range(cfg.top_k_layers))
         self.codebooks = OnlineCodebooks(cfg.top_k_layers, cfg.codebook_size, D, cfg.codebook_decay)
@@ -118,7 +117,6 @@ class DinoSR(nn.Module):
         # The update whose student weights the teacher last absorbed: a repeated call or a resume
         # from a checkpoint never averages the same student twice.
         self.register_buffer("teacher_step", torch.zeros((), dtype=torch.long))
-        self.num_updates = 0
 
     # ------------------------------------------------------------------ teacher
     def train(self, mode: bool = True) -> "DinoSR":
@@ -210,6 +208,3 @@ class DinoSR(nn.Module):
                 logs[f"code_ppl_l{first + g}"] = float(ppl[g])
             logs["codebook_use"] = codebook_use(ppl, V, n)
         return ModelOutput(loss, n, logs)
-
-    def extract_features(self, wav: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return self.encoder.extract_features(wav, wav_lens)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslseq.models import ModelOutput
+from sslseq.models.base import ModelOutput, SpeechModel
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.utils import SslseqError
 
@@ -51,7 +51,9 @@ def label_frame_ratio(label_rate: float, frame_rate: float) -> int:
     return int(round(ratio))
 
 
-class HuBERT(nn.Module):
+class HuBERT(SpeechModel):
+    needs_labels = True  # offline k-means labels
+
     def __init__(self, cfg: HubertConfig):
         super().__init__()
         if cfg.num_classes < 2:
@@ -61,14 +63,9 @@ class HuBERT(nn.Module):
             )
         self.cfg = cfg
         self.encoder = SpeechEncoder(cfg.encoder)
-        self.frame_rate = self.encoder.frame_rate
         self.label_ratio = label_frame_ratio(cfg.label_rate, self.frame_rate)
         self.final_proj = nn.Linear(cfg.encoder.encoder.embed_dim, cfg.final_dim)
         self.label_embs_concat = nn.Parameter(torch.empty(cfg.num_classes, cfg.final_dim).uniform_())
-        self.num_updates = 0
-
-    def set_num_updates(self, step: int) -> None:
-        self.num_updates = step
 
     def align_labels(self, labels: torch.Tensor, label_lens: torch.Tensor, frame_lens: torch.Tensor, T: int) -> torch.Tensor:
         """(B, L) labels at ``label_rate`` → (B, T) frame targets (-1 = none), as fairseq:
@@ -148,6 +145,3 @@ class HuBERT(nn.Module):
             logs["loss_bits"] = logs["loss_m_bits"]
         logs["loss"] = float(loss.detach()) / max(sample_size, 1)
         return ModelOutput(loss, sample_size, logs)
-
-    def extract_features(self, wav: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return self.encoder.extract_features(wav, wav_lens)

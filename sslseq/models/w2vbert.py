@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslseq.models import ModelOutput
+from sslseq.models.base import ModelOutput, SpeechModel
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.nn.transformer import TransformerEncoderConfig
 from sslseq.objectives.contrastive import contrastive_loss, sample_negatives
@@ -87,7 +87,7 @@ class W2VBertConfig:
     mlm_weight: float = 1.0  # the paper's β
 
 
-class W2VBert(nn.Module):
+class W2VBert(SpeechModel):
     needs_labels = False  # self-supervised targets: the trainer reads no k-means labels
 
     def __init__(self, cfg: W2VBertConfig):
@@ -104,7 +104,6 @@ class W2VBert(nn.Module):
             raise SslseqError("model.encoder.mask_prob must be > 0: w2v-BERT predicts masked frames")
         self.cfg = cfg
         self.encoder = SpeechEncoder(cfg.encoder)
-        self.frame_rate = self.encoder.frame_rate
         self.num_contrastive_layers = L - cfg.num_mlm_layers
         C, D = self.encoder.feature_extractor.out_dim, self.encoder.embed_dim
         final_dim = cfg.final_dim if cfg.final_dim > 0 else D
@@ -117,7 +116,6 @@ class W2VBert(nn.Module):
         self.project_q = nn.Linear(vq_dim, final_dim)
         self.final_proj = nn.Linear(D, final_dim)  # contrastive module output → contrastive space
         self.mlm_proj = nn.Linear(D, cfg.latent_groups * cfg.latent_vars)  # MLM module output → code logits
-        self.num_updates = 0
 
     def set_num_updates(self, step: int) -> None:
         """Called once per optimizer step: anneals the Gumbel temperature."""
@@ -177,6 +175,3 @@ class W2VBert(nn.Module):
                 logs[f"code_perplexity_g{g}"] = ppl
             logs["codebook_use"] = codebook_use(q.code_perplexity_groups, V, n)  # the trainer warns on collapse
         return ModelOutput(loss, n, logs)
-
-    def extract_features(self, wav: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return self.encoder.extract_features(wav, wav_lens)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslseq.models import ModelOutput
+from sslseq.models.base import ModelOutput, SpeechModel
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.objectives.contrastive import contrastive_loss, sample_negatives
 from sslseq.objectives.quantizer import GumbelVectorQuantizer, codebook_use
@@ -57,7 +57,7 @@ class Wav2Vec2Config:
     feature_pen_weight: float = 10.0  # fairseq loss_weights[1]
 
 
-class Wav2Vec2(nn.Module):
+class Wav2Vec2(SpeechModel):
     needs_labels = False  # self-supervised targets: the trainer reads no k-means labels
 
     def __init__(self, cfg: Wav2Vec2Config):
@@ -70,7 +70,6 @@ class Wav2Vec2(nn.Module):
             raise SslseqError("model.encoder.mask_prob must be > 0: wav2vec 2.0 predicts masked frames")
         self.cfg = cfg
         self.encoder = SpeechEncoder(cfg.encoder)
-        self.frame_rate = self.encoder.frame_rate
         C, D = self.encoder.feature_extractor.out_dim, self.encoder.embed_dim
         final_dim = cfg.final_dim if cfg.final_dim > 0 else D
         if cfg.quantize_targets:
@@ -86,7 +85,6 @@ class Wav2Vec2(nn.Module):
             self.quantizer = None
             self.project_q = nn.Linear(C, final_dim)
         self.final_proj = nn.Linear(D, final_dim)
-        self.num_updates = 0
 
     def set_num_updates(self, step: int) -> None:
         """Called once per optimizer step: anneals the Gumbel temperature."""
@@ -147,6 +145,3 @@ class Wav2Vec2(nn.Module):
                     logs[f"code_perplexity_g{g}"] = ppl
                 logs["codebook_use"] = codebook_use(q.code_perplexity_groups, cfg.latent_vars, n)
         return ModelOutput(loss, n, logs)
-
-    def extract_features(self, wav: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return self.encoder.extract_features(wav, wav_lens)

@@ -1,0 +1,60 @@
+"""The contract every model of the registry keeps (``models/__init__.py:MODELS``), as code.
+
+The trainer, CTC fine-tuning, layer-feature dumping and checkpoint conversion rely on exactly
+this: ``forward(batch) -> ModelOutput``, ``set_num_updates(step)`` once per optimizer step,
+``extract_features(wav, wav_lens)``, ``frame_rate``, ``cfg`` and the class attribute
+``needs_labels``. Each family subclasses ``SpeechModel`` and keeps only what differs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Union
+
+import torch
+from torch import nn
+
+__all__ = ["ModelOutput", "SpeechModel"]
+
+# A log value: a detached 0-dim tensor (no host sync in forward; the trainer turns a step's
+# logs into floats at once) or a Python float for what is known without the device.
+LogValue = Union[torch.Tensor, float]
+
+
+class ModelOutput(NamedTuple):
+    loss: torch.Tensor  # scalar, SUM over the units it covers
+    sample_size: int  # number of units; the trainer divides the loss by it
+    logs: dict[str, LogValue]  # detached statistics, each per unit (the trainer weights them by sample_size)
+
+
+class SpeechModel(nn.Module):
+    """A waveform-in model around a ``SpeechEncoder`` at ``self.encoder``.
+
+    ``forward(batch)`` returns the loss SUMMED over ``sample_size`` units (the trainer divides
+    by the units summed over micro-batches and processes) and detached ``logs``;
+    ``set_num_updates(step)`` is called once per optimizer step, before it (Gumbel temperature,
+    CTC freezing, DinoSR's EMA teacher); ``extract_features(wav, wav_lens) -> (hidden states,
+    frame lengths)`` is the same for trained and converted models.
+    """
+
+    # Whether pretraining this model reads k-means labels (``sslseq config needs-labels``, the
+    # pretraining task); families with their own targets set False.
+    needs_labels: bool = True
+
+    cfg: Any
+    encoder: nn.Module
+    num_updates: int = 0
+
+    def set_num_updates(self, step: int) -> None:
+        self.num_updates = step
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second of the outputs (the encoder's; CTC: times its upsampling)."""
+        return self.encoder.frame_rate
+
+    def forward(self, batch: dict[str, Any]) -> ModelOutput:  # pragma: no cover - each family's own
+        raise NotImplementedError(f"{type(self).__name__} has no forward")
+
+    def extract_features(self, wav: torch.Tensor, wav_lens: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every layer's hidden states (B, T, D) and the (B,) frame lengths, without masking."""
+        return self.encoder.extract_features(wav, wav_lens)
