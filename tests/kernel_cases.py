@@ -102,6 +102,7 @@ def pretrain_losses(monkeypatch, path, family="wav2vec2", steps=3, device="cpu",
     """Per SGD step (loss, *LOGGED) of a small model of ``family`` on kernel path ``path``: the
     same init, batches and random draws for every path."""
     from sslseq.models import build_model
+    from sslseq.models.base import log_floats
 
     cfg, make_batch = _family(family)
     monkeypatch.setenv(kernels.ENV_PATH, path)
@@ -120,7 +121,8 @@ def pretrain_losses(monkeypatch, path, family="wav2vec2", steps=3, device="cpu",
         opt.zero_grad()
         (out.loss / out.sample_size).backward()
         opt.step()
-        losses.append((out.loss.item(), *(out.logs[k] for k in LOGGED)))
+        logs = log_floats(out.logs)  # as the trainer reads them (tensors until then)
+        losses.append((out.loss.item(), *(logs[k] for k in LOGGED)))
     return losses
 
 

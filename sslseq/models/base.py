@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Union
 import torch
 from torch import nn
 
-__all__ = ["ModelOutput", "SpeechModel"]
+__all__ = ["LogValue", "ModelOutput", "SpeechModel", "log_floats"]
 
 # A log value: a detached 0-dim tensor (no host sync in forward; the trainer turns a step's
 # logs into floats at once) or a Python float for what is known without the device.
@@ -24,6 +24,18 @@ class ModelOutput(NamedTuple):
     loss: torch.Tensor  # scalar, SUM over the units it covers
     sample_size: int  # number of units; the trainer divides the loss by it
     logs: dict[str, LogValue]  # detached statistics, each per unit (the trainer weights them by sample_size)
+
+
+def log_floats(logs: dict[str, LogValue]) -> dict[str, float]:
+    """``logs`` as Python floats, all tensor values in one device-to-host copy (one sync, not one
+    per value); the trainer calls it once per optimizer step."""
+    tensors = [k for k, v in logs.items() if isinstance(v, torch.Tensor)]
+    if not tensors:
+        return {k: float(v) for k, v in logs.items()}
+    first = logs[tensors[0]]
+    stacked = torch.stack([logs[k].detach().to(first.device, torch.float64).reshape(()) for k in tensors]).tolist()
+    values = dict(zip(tensors, stacked))
+    return {k: values[k] if k in values else float(v) for k, v in logs.items()}
 
 
 class SpeechModel(nn.Module):

@@ -204,7 +204,7 @@ class CTCModel(SpeechModel):
         loss = ctc_loss(lp, out_lens, targets, target_lens, blank=self.cfg.blank_id)
         n_tokens = int(target_lens.sum())
         logs = {
-            "loss": float(loss.detach()) / max(n_tokens, 1),
+            "loss": loss.detach().double() / max(n_tokens, 1),
             "n_tokens": float(n_tokens),
             "n_utts": float(targets.size(0)),
             "encoder_frozen": float(self.encoder_frozen),

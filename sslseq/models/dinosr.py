@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslseq.models.base import ModelOutput, SpeechModel
+from sslseq.models.base import LogValue, ModelOutput, SpeechModel
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.objectives.codebook import OnlineCodebooks, codeword_perplexity
 from sslseq.objectives.quantizer import codebook_use
@@ -185,7 +185,7 @@ class DinoSR(SpeechModel):
         if self.training:
             self.codebooks.update(z, ids)  # a collective: every process, every training forward
 
-        logs: dict[str, float] = {"n_masked": float(n), "ema_decay": self.ema_decay,
+        logs: dict[str, LogValue] = {"n_masked": float(n), "ema_decay": self.ema_decay,
                                   "codebook_decay": cfg.codebook_decay, "chance_bits": math.log2(V)}
         if n == 0:  # nothing masked (only very short utterances): no loss; every head stays in the
             # graph so DDP (find_unused_parameters=False) still sees a gradient for each parameter
@@ -197,14 +197,14 @@ class DinoSR(SpeechModel):
         ce = F.cross_entropy(logits.reshape(k * n, V), ids.reshape(-1), reduction="none").view(k, n)
         loss = ce.sum() / k  # per frame: mean over codebooks (layers); summed over frames
 
-        with torch.no_grad():
-            per = float(loss.detach()) / n
+        with torch.no_grad():  # detached float64 tensors: no host sync here (models/base.py)
+            per = loss.detach().double() / n
             acc = (logits.argmax(-1) == ids).float().mean(dim=1)  # (k,)
             ppl = codeword_perplexity(ids, V)  # (k,)
-            logs.update(loss=per, loss_bits=per / math.log(2), acc=float(acc.mean()), code_ppl=float(ppl.mean()))
+            logs.update(loss=per, loss_bits=per / math.log(2), acc=acc.mean().double(), code_ppl=ppl.mean().double())
             first = self.encoder.cfg.encoder.num_layers - k + 1  # 1-based teacher layer of codebook 0
-            for g in range(k):
-                logs[f"acc_l{first + g}"] = float(acc[g])
-                logs[f"code_ppl_l{first + g}"] = float(ppl[g])
+            for g, (acc_g, ppl_g) in enumerate(zip(acc.double().unbind(), ppl.double().unbind())):
+                logs[f"acc_l{first + g}"] = acc_g
+                logs[f"code_ppl_l{first + g}"] = ppl_g
             logs["codebook_use"] = codebook_use(ppl, V, n)
         return ModelOutput(loss, n, logs)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslseq.models.base import ModelOutput, SpeechModel
+from sslseq.models.base import LogValue, ModelOutput, SpeechModel
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.utils import SslseqError
 
@@ -119,7 +119,7 @@ class HuBERT(SpeechModel):
 
         loss = out.x.new_zeros((), dtype=torch.float32)
         sample_size = 0
-        logs: dict[str, float] = {}
+        logs: dict[str, LogValue] = {}
         K = cfg.num_classes
         for name, sel, weight in (("m", masked, cfg.pred_masked_weight), ("u", unmasked, cfg.pred_nomask_weight)):
             if weight <= 0:
@@ -130,18 +130,18 @@ class HuBERT(SpeechModel):
             part = F.cross_entropy(logit, tgt, reduction="sum")
             loss = loss + weight * part
             sample_size += n
-            with torch.no_grad():
-                per = part.item() / max(n, 1)
+            with torch.no_grad():  # detached float64 tensors: no host sync here (models/base.py)
+                per = part.detach().double() / max(n, 1)
                 logs[f"loss_{name}"] = per
                 logs[f"loss_{name}_bits"] = per / math.log(2)
-                logs[f"acc_{name}"] = (logit.argmax(-1) == tgt).float().mean().item() if n else 0.0
+                logs[f"acc_{name}"] = (logit.argmax(-1) == tgt).float().mean().double() if n else 0.0
                 logs[f"n_{'masked' if name == 'm' else 'unmasked'}"] = float(n)
         if cfg.feature_pen_weight > 0:
             # fairseq scales the penalty by sample_size so it survives the trainer's division.
             loss = loss + cfg.feature_pen_weight * out.features_pen * sample_size
-        logs["features_pen"] = float(out.features_pen.detach())
+        logs["features_pen"] = out.features_pen.detach().double()
         logs["chance_bits"] = math.log2(K)
         if "loss_m_bits" in logs:  # the masked-prediction task is what the health checks judge
             logs["loss_bits"] = logs["loss_m_bits"]
-        logs["loss"] = float(loss.detach()) / max(sample_size, 1)
+        logs["loss"] = loss.detach().double() / max(sample_size, 1)
         return ModelOutput(loss, sample_size, logs)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslseq.models.base import ModelOutput, SpeechModel
+from sslseq.models.base import LogValue, ModelOutput, SpeechModel
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.nn.transformer import TransformerEncoderConfig
 from sslseq.objectives.contrastive import contrastive_loss, sample_negatives
@@ -127,7 +127,7 @@ class W2VBert(SpeechModel):
         out = self.encoder(batch["wav"], batch["wav_lens"], mask=True, output_hidden_states=True, return_features=True)
         sel = out.mask_indices & ~out.padding_mask  # (B, T) frames to predict
         n = int(sel.sum())
-        logs: dict[str, float] = {"n_masked": float(n)}
+        logs: dict[str, LogValue] = {"n_masked": float(n)}
         if n == 0:  # nothing masked (e.g. only very short utterances): no loss, keep the graph
             return ModelOutput(out.x.sum() * 0.0, 0, {**logs, "loss": 0.0})
 
@@ -149,29 +149,28 @@ class W2VBert(SpeechModel):
         diversity = (q.num_vars - q.prob_perplexity) / q.num_vars  # 0 when all G·V codes are used evenly
         loss = cfg.mlm_weight * loss_m + loss_c + cfg.diversity_weight * diversity * n
 
-        with torch.no_grad():
+        with torch.no_grad():  # detached float64 tensors: no host sync here (models/base.py)
             K = neg_idx.size(1)
-            per = float(loss.detach()) / n
-            tasks = (float(loss_c.detach()) + cfg.mlm_weight * float(loss_m.detach())) / n
+            lc, lm = loss_c.detach().double(), loss_m.detach().double()
             logs.update(
-                loss=per,
-                loss_bits=tasks / math.log(2),  # contrastive + MLM tasks (no diversity term), judged against chance
-                contrastive=float(loss_c.detach()) / n,
-                contrastive_bits=float(loss_c.detach()) / n / math.log(2),
+                loss=loss.detach().double() / n,
+                loss_bits=(lc + cfg.mlm_weight * lm) / n / math.log(2),  # contrastive + MLM tasks (no diversity term), judged against chance
+                contrastive=lc / n,
+                contrastive_bits=lc / n / math.log(2),
                 contrastive_chance_bits=math.log2(K + 1),
-                acc=float(n_correct) / n,
-                mlm=float(loss_m.detach()) / n,
-                mlm_bits=float(loss_m.detach()) / n / math.log(2),
+                acc=n_correct.double() / n,
+                mlm=lm / n,
+                mlm_bits=lm / n / math.log(2),
                 mlm_chance_bits=G * math.log2(V),
                 # What guessing scores on both tasks (the trainer's health check compares loss_bits to it).
                 chance_bits=math.log2(K + 1) + cfg.mlm_weight * G * math.log2(V),
-                mlm_acc=float((logits.argmax(-1) == codes.reshape(-1)).float().mean()),
-                code_perplexity=float(q.code_perplexity),
-                prob_perplexity=float(q.prob_perplexity.detach()),
-                diversity=float(diversity.detach()),
+                mlm_acc=(logits.argmax(-1) == codes.reshape(-1)).float().mean().double(),
+                code_perplexity=q.code_perplexity.double(),
+                prob_perplexity=q.prob_perplexity.detach().double(),
+                diversity=diversity.detach().double(),
                 temp=q.temp,
             )
-            for g, ppl in enumerate(q.code_perplexity_groups.tolist()):
+            for g, ppl in enumerate(q.code_perplexity_groups.double().unbind()):
                 logs[f"code_perplexity_g{g}"] = ppl
             logs["codebook_use"] = codebook_use(q.code_perplexity_groups, V, n)  # the trainer warns on collapse
         return ModelOutput(loss, n, logs)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslseq.models.base import ModelOutput, SpeechModel
+from sslseq.models.base import LogValue, ModelOutput, SpeechModel
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.objectives.contrastive import contrastive_loss, sample_negatives
 from sslseq.objectives.quantizer import GumbelVectorQuantizer, codebook_use
@@ -97,7 +97,7 @@ class Wav2Vec2(SpeechModel):
         out = self.encoder(batch["wav"], batch["wav_lens"], mask=True, return_features=True)
         sel = out.mask_indices & ~out.padding_mask  # (B, T) frames to predict
         n = int(sel.sum())
-        logs: dict[str, float] = {"features_pen": float(out.features_pen.detach()), "n_masked": float(n)}
+        logs: dict[str, LogValue] = {"features_pen": out.features_pen.detach().double(), "n_masked": float(n)}
         if n == 0:  # nothing masked (e.g. only very short utterances): no loss, keep the graph
             return ModelOutput(out.x.sum() * 0.0, 0, {**logs, "loss": 0.0})
 
@@ -123,25 +123,24 @@ class Wav2Vec2(SpeechModel):
             # fairseq scales the extra losses by sample_size so they survive the trainer's division.
             loss = loss + cfg.feature_pen_weight * out.features_pen * n
 
-        with torch.no_grad():
+        with torch.no_grad():  # detached float64 tensors: no host sync here (models/base.py)
             K = neg_idx.size(1)
-            per = float(loss.detach()) / n
-            contrastive = float(loss_c.detach()) / n
+            contrastive = loss_c.detach().double() / n
             logs.update(
-                loss=per,
+                loss=loss.detach().double() / n,
                 contrastive=contrastive,
                 loss_bits=contrastive / math.log(2),  # the contrastive task, judged against chance
                 chance_bits=math.log2(K + 1),
-                acc=float(n_correct) / n,
+                acc=n_correct.double() / n,
             )
             if self.quantizer is not None:
                 logs.update(
-                    code_perplexity=float(q.code_perplexity),
-                    prob_perplexity=float(q.prob_perplexity.detach()),
-                    diversity=float(diversity.detach()),
+                    code_perplexity=q.code_perplexity.double(),
+                    prob_perplexity=q.prob_perplexity.detach().double(),
+                    diversity=diversity.detach().double(),
                     temp=q.temp,
                 )
-                for g, ppl in enumerate(q.code_perplexity_groups.tolist()):
+                for g, ppl in enumerate(q.code_perplexity_groups.double().unbind()):
                     logs[f"code_perplexity_g{g}"] = ppl
                 logs["codebook_use"] = codebook_use(q.code_perplexity_groups, cfg.latent_vars, n)
         return ModelOutput(loss, n, logs)

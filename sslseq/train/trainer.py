@@ -45,6 +45,7 @@ from sslseq.train.config import (
 )
 from sslseq.train.health import HealthMonitor
 from sslseq.train.tasks import make_task
+from sslseq.models.base import log_floats
 from sslseq.models.exp_dir import CONFIG, WEIGHTS, check_exp_dir, write_exp_dir
 from sslseq.models.train_log import LOG, JsonLog
 from sslseq.train.schedule import lr_at, warmup_steps
@@ -341,7 +342,7 @@ class Trainer:
             g["lr"] = lr
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         sample_size = 0
-        logs: dict[str, float] = {}
+        logs: dict[str, Any] = {}  # float64 tensors (or floats) until the step's one conversion
         audio = frames_padded = 0
         for i, mb in enumerate(micro_batches):
             # Gradients are all-reduced only on the last micro-batch (no_sync: DDP-aware).
@@ -353,9 +354,11 @@ class Trainer:
             ss = int(out.sample_size)
             sample_size += ss
             for k, v in out.logs.items():
-                logs[k] = logs.get(k, 0.0) + float(v) * max(ss, 1)
+                v = v.detach().double() if isinstance(v, torch.Tensor) else float(v)
+                logs[k] = logs.get(k, 0.0) + v * max(ss, 1)
             audio += int(mb["wav_lens"].sum())
             frames_padded += mb["wav"].numel()
+        logs = log_floats(logs)  # the models' logs reach the host once per step, not per value
         # Sums over all processes: the step's loss, units and audio (model logs stay this
         # process's: their keys may differ between processes, e.g. a batch with nothing masked).
         totals = acc.reduce(
