@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Union
 import torch
 from torch import nn
 
-__all__ = ["LogValue", "ModelOutput", "SpeechModel", "log_floats"]
+__all__ = ["LogValue", "ModelOutput", "SpeechModel", "log_floats", "nothing_masked"]
 
 # A log value: a detached 0-dim tensor (no host sync in forward; the trainer turns a step's
 # logs into floats at once) or a Python float for what is known without the device.
@@ -36,6 +36,15 @@ def log_floats(logs: dict[str, LogValue]) -> dict[str, float]:
     stacked = torch.stack([logs[k].detach().to(first.device, torch.float64).reshape(()) for k in tensors]).tolist()
     values = dict(zip(tensors, stacked))
     return {k: values[k] if k in values else float(v) for k, v in logs.items()}
+
+
+def nothing_masked(model: nn.Module, logs: dict[str, LogValue]) -> ModelOutput:
+    """The output of a masked-prediction forward whose batch has no frame to predict (e.g. only
+    very short utterances): loss 0 over 0 units, but its backward reaches every trainable
+    parameter (with zero gradients). Under DDP (``find_unused_parameters=False``) a parameter
+    without a gradient on one process would leave the others waiting for it forever."""
+    zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+    return ModelOutput(zero, 0, {**logs, "loss": 0.0})
 
 
 class SpeechModel(nn.Module):

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslseq.models.base import LogValue, ModelOutput, SpeechModel
+from sslseq.models.base import LogValue, ModelOutput, SpeechModel, nothing_masked
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.objectives.codebook import OnlineCodebooks, codeword_perplexity
 from sslseq.objectives.quantizer import codebook_use
@@ -187,10 +187,8 @@ class DinoSR(SpeechModel):
 
         logs: dict[str, LogValue] = {"n_masked": float(n), "ema_decay": self.ema_decay,
                                   "codebook_decay": cfg.codebook_decay, "chance_bits": math.log2(V)}
-        if n == 0:  # nothing masked (only very short utterances): no loss; every head stays in the
-            # graph so DDP (find_unused_parameters=False) still sees a gradient for each parameter
-            zero = out.x.sum() + sum(p.sum() for p in self.heads.parameters())
-            return ModelOutput(zero * 0.0, 0, {**logs, "loss": 0.0})
+        if n == 0:
+            return nothing_masked(self, logs)
 
         x = out.x[sel]
         logits = torch.stack([head(x) for head in self.heads]).float()  # (k, N, V)

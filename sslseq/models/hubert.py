@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslseq.models.base import LogValue, ModelOutput, SpeechModel
+from sslseq.models.base import LogValue, ModelOutput, SpeechModel, nothing_masked
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.utils import SslseqError
 
@@ -143,5 +143,7 @@ class HuBERT(SpeechModel):
         logs["chance_bits"] = math.log2(K)
         if "loss_m_bits" in logs:  # the masked-prediction task is what the health checks judge
             logs["loss_bits"] = logs["loss_m_bits"]
+        if sample_size == 0:
+            return nothing_masked(self, logs)
         logs["loss"] = loss.detach().double() / max(sample_size, 1)
         return ModelOutput(loss, sample_size, logs)

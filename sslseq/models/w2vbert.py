@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslseq.models.base import LogValue, ModelOutput, SpeechModel
+from sslseq.models.base import LogValue, ModelOutput, SpeechModel, nothing_masked
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.nn.transformer import TransformerEncoderConfig
 from sslseq.objectives.contrastive import contrastive_loss, sample_negatives
@@ -128,8 +128,8 @@ class W2VBert(SpeechModel):
         sel = out.mask_indices & ~out.padding_mask  # (B, T) frames to predict
         n = int(sel.sum())
         logs: dict[str, LogValue] = {"n_masked": float(n)}
-        if n == 0:  # nothing masked (e.g. only very short utterances): no loss, keep the graph
-            return ModelOutput(out.x.sum() * 0.0, 0, {**logs, "loss": 0.0})
+        if n == 0:
+            return nothing_masked(self, logs)
 
         # Targets: the quantized unmasked features of the masked frames, and their code ids.
         q = self.quantizer(out.features[sel][None], produce_targets=True)

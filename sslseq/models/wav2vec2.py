@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslseq.models.base import LogValue, ModelOutput, SpeechModel
+from sslseq.models.base import LogValue, ModelOutput, SpeechModel, nothing_masked
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.objectives.contrastive import contrastive_loss, sample_negatives
 from sslseq.objectives.quantizer import GumbelVectorQuantizer, codebook_use
@@ -98,8 +98,8 @@ class Wav2Vec2(SpeechModel):
         sel = out.mask_indices & ~out.padding_mask  # (B, T) frames to predict
         n = int(sel.sum())
         logs: dict[str, LogValue] = {"features_pen": out.features_pen.detach().double(), "n_masked": float(n)}
-        if n == 0:  # nothing masked (e.g. only very short utterances): no loss, keep the graph
-            return ModelOutput(out.x.sum() * 0.0, 0, {**logs, "loss": 0.0})
+        if n == 0:
+            return nothing_masked(self, logs)
 
         feats = out.features[sel]  # (N, C) unmasked, dropout_features applied by the encoder
         codes = None
