@@ -118,7 +118,7 @@ class GumbelVectorQuantizer(nn.Module):
         fused_mean = None
         if self.training:
             # Straight-through hard Gumbel sample + codevector gather, fused (sslseq.kernels:
-            # reference / chunked / triton by device or $SSLSEQ_KERNEL_PATH). The noise is a
+            # reference / chunked / triton by device or $SSLSEQ_KERNEL_IMPL). The noise is a
             # function of a seed drawn from torch's generator, so training stays reproducible.
             q, idx, fused_mean = gumbel_quantize(
                 logits.reshape(-1, G * V), book.reshape(G * V, -1), self.curr_temp, hard=True, seed=draw_seed(), groups=G
