@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslseq.config import from_dict, to_dict
+from sslseq.config import deep_merge, dict_diff, from_dict, to_dict
 from sslseq.models.base import ModelOutput, SpeechModel
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.utils import SslseqError, get_logger
@@ -153,9 +153,10 @@ class CTCModel(SpeechModel):
                 f"top-level CTC fields; use {', '.join('model.' + k for k in shadowed)} instead"
             )
         base = to_dict(encoder.cfg)
-        merged = _deep_merge(base, enc_over)
+        merged = deep_merge(base, enc_over)
         if _architecture(merged) != _architecture(base):
-            diff = _diff(_architecture(base), _architecture(merged))
+            diff = "; ".join(f"encoder.{key}: pretrained {was!r} vs {now!r}"
+                             for key, was, now in dict_diff(_architecture(base), _architecture(merged)))
             raise SslseqError(
                 f"model.encoder overrides change the pretrained encoder's architecture ({diff}); only "
                 f"fine-tuning fields ({', '.join(_ENCODER_FT_FIELDS + _TRANSFORMER_FT_FIELDS)}) may differ"
@@ -210,22 +211,3 @@ class CTCModel(SpeechModel):
             "encoder_frozen": float(self.encoder_frozen),
         }
         return ModelOutput(loss, n_tokens, logs)
-
-
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "encoder.") -> str:
-    parts = []
-    for k in sorted(set(a) | set(b)):
-        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            sub = _diff(a[k], b[k], f"{prefix}{k}.")
-            if sub:
-                parts.append(sub)
-        elif a.get(k) != b.get(k):
-            parts.append(f"{prefix}{k}: pretrained {a.get(k)!r} vs {b.get(k)!r}")
-    return "; ".join(parts)

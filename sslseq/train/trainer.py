@@ -29,14 +29,13 @@ import numpy as np
 import torch
 import yaml
 
-from sslseq.config import to_dict
+from sslseq.config import dict_diff, to_dict
 from sslseq.data.batching import LengthBucketBatchSampler
 from sslseq.data.dataset import SpeechDataset, collate
 from sslseq.train import checkpoint as ckpt
 from sslseq.train.config import (
     PATH_KEYS,
     TrainConfig,
-    config_diff,
     effective_update_freq,
     load_train_config,
     resolve_path,
@@ -251,7 +250,7 @@ class Trainer:
         # Another spelling of the same paths (./x vs /abs/x) is the same run: compared resolved.
         old = yaml.safe_load(state.get("config", "")) or {}
         same = state.get("config_digest") == self.digest
-        diff = [] if same else config_diff(resolve_paths(old), resolve_paths(semantic_dict(self.cfg)))
+        diff = [] if same else [key for key, _, _ in dict_diff(resolve_paths(old), resolve_paths(semantic_dict(self.cfg)))]
         if diff:
             raise SslseqError(
                 f"{self.out_dir} holds checkpoints of a run with another config (differs in: {', '.join(diff) or '?'}); "
