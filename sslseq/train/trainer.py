@@ -267,10 +267,12 @@ class Trainer:
         self._restore_rng(state["rng"])
         log.info("resumed from %s (step %d, epoch %d, batch %d)", latest, self.step, self.epoch, self.batch_index)
 
-    def _restore_rng(self, saved: list[dict[str, Any]] | dict[str, Any]) -> None:
-        """Each process takes back its own RNG state (older checkpoints hold one dict)."""
+    def _restore_rng(self, states: list[dict[str, Any]]) -> None:
+        """Each process takes back its own RNG state (a checkpoint holds one per process)."""
         acc = self.accelerator
-        states = saved if isinstance(saved, list) else [saved]
+        if not isinstance(states, list):  # not written by this trainer (_save_checkpoint writes a list)
+            raise SslseqError(f"{self.ckpt_dir}: a checkpoint's RNG states are not a per-process list; "
+                              f"delete {self.ckpt_dir} to start over")
         if len(states) == acc.num_processes:
             ckpt.set_rng_state(states[acc.process_index])
             return
