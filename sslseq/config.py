@@ -89,6 +89,33 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` on top: nested dicts merged key by key, anything else replaced
+    (a model_config under a config's ``model:``, fine-tuning keys over a pretrained encoder)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def dict_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, value in a, value in b)`` of each leaf where two nested dicts differ, in
+    key order; a missing key reads as None, and lists equal tuples of equal items (YAML vs
+    dataclass)."""
+    out: list[tuple[str, Any, Any]] = []
+    for k in sorted(set(a) | set(b), key=str):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += dict_diff(va, vb, f"{prefix}{k}.")
+        elif _as_lists(va) != _as_lists(vb):
+            out.append((f"{prefix}{k}", va, vb))
+    return out
+
+
+def _as_lists(v: Any) -> Any:
+    return [_as_lists(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type | None = None) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict."""
     data = dict(data)

@@ -36,10 +36,10 @@ def quantize_case(N, G, V, d, dtype, seed=0, device="cpu"):
     return tuple(t.to(device) for t in (logits, book, wq, wm))
 
 
-def run_quantize(path, logits, book, wq, wm, hard, deterministic=None, tau=0.7, seed=11, G=2):
+def run_quantize(impl, logits, book, wq, wm, hard, deterministic=None, tau=0.7, seed=11, G=2):
     """(quantized, code ids, mean softmax, logit gradient, codebook gradient) of one op call."""
     lg, bk = logits.clone().requires_grad_(True), book.clone().requires_grad_(True)
-    q, ids, mean = kernels.gumbel_quantize(lg, bk, tau, hard, seed, path, groups=G, deterministic=deterministic)
+    q, ids, mean = kernels.gumbel_quantize(lg, bk, tau, hard, seed, impl, groups=G, deterministic=deterministic)
     ((q.float() * wq).sum() + (mean.float() * wm).sum()).backward()
     return q.detach(), ids, mean.detach(), lg.grad, bk.grad
 
@@ -71,10 +71,10 @@ def contrastive_case(dtype, K=6, D=70, seed=0, distinct_codes=4, device="cpu"):
     return tuple(t.to(device) for t in (context, targets, neg, codes))
 
 
-def run_contrastive(path, context, targets, neg, codes, deterministic=None, temperature=0.1):
+def run_contrastive(impl, context, targets, neg, codes, deterministic=None, temperature=0.1):
     """(loss, number correct, context gradient, target gradient) of one op call."""
     c, t = context.clone().requires_grad_(True), targets.clone().requires_grad_(True)
-    loss, correct = kernels.contrastive_loss(c, t, neg, codes, temperature, path, deterministic=deterministic)
+    loss, correct = kernels.contrastive_loss(c, t, neg, codes, temperature, impl, deterministic=deterministic)
     (loss * 0.5).backward()
     return loss.detach(), correct, c.grad, t.grad
 
@@ -98,13 +98,14 @@ def _family(name: str):
 LOGGED = ("contrastive", "prob_perplexity", "acc")  # besides the loss, per step
 
 
-def pretrain_losses(monkeypatch, path, family="wav2vec2", steps=3, device="cpu", autocast_dtype=None):
-    """Per SGD step (loss, *LOGGED) of a small model of ``family`` on kernel path ``path``: the
-    same init, batches and random draws for every path."""
+def pretrain_losses(monkeypatch, impl, family="wav2vec2", steps=3, device="cpu", autocast_dtype=None):
+    """Per SGD step (loss, *LOGGED) of a small model of ``family`` on kernel implementation
+    ``impl``: the same init, batches and random draws for every implementation."""
     from sslseq.models import build_model
+    from sslseq.models.base import log_floats
 
     cfg, make_batch = _family(family)
-    monkeypatch.setenv(kernels.ENV_PATH, path)
+    monkeypatch.setenv(kernels.ENV_IMPL, impl)
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -120,12 +121,13 @@ def pretrain_losses(monkeypatch, path, family="wav2vec2", steps=3, device="cpu",
         opt.zero_grad()
         (out.loss / out.sample_size).backward()
         opt.step()
-        losses.append((out.loss.item(), *(out.logs[k] for k in LOGGED)))
+        logs = log_floats(out.logs)  # as the trainer reads them (tensors until then)
+        losses.append((out.loss.item(), *(logs[k] for k in LOGGED)))
     return losses
 
 
 def check_contrastive(out, ref, dtype):
-    """A contrastive-loss path's (loss, count, grads...) against the reference's."""
+    """A contrastive-loss implementation's (loss, count, grads...) against the reference's."""
     assert out[0].dtype == torch.float32 and out[1].dtype == torch.int64 and out[0].shape == ()
     torch.testing.assert_close(out[0], ref[0], rtol=1e-5, atol=1e-4)
     assert int(out[1]) == int(ref[1])

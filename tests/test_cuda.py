@@ -1,7 +1,7 @@
-"""On a CUDA GPU: the Triton kernels as compiled for the GPU against the reference path in fp32
+"""On a CUDA GPU: the Triton kernels as compiled for the GPU against the reference implementation in fp32
 and bf16 with the interpreter tests' cases and tolerances (``kernel_cases.py``), also at
 wav2vec 2.0 Base shapes; fbank / MFCC and k-means on CUDA against the CPU; a few wav2vec 2.0
-and w2v-BERT pretraining steps on the Triton path against the reference path (fp32, and bf16
+and w2v-BERT pretraining steps on the Triton implementation against the reference one (fp32, and bf16
 autocast with the bf16 tolerance).
 
 Every test here is marked ``cuda`` and runs on $SSLSEQ_TEST_DEVICE (default cuda): without a
@@ -31,15 +31,15 @@ SR = 16000
 
 
 @pytest.fixture
-def triton_path() -> str:
-    """"triton", where that path runs as meant here: compiled on CUDA, interpreted on the CPU."""
+def triton_impl() -> str:
+    """"triton", where that implementation runs as meant here: compiled on CUDA, interpreted on the CPU."""
     if not kernels.triton_available():
         pytest.skip(f"triton is not importable ({kernels._triton_import_error()})")
     interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
     if DEVICE.type == "cuda" and interpreting:
         pytest.skip("TRITON_INTERPRET=1 in this process: unset it to test the compiled kernels")
     if DEVICE.type != "cuda" and not interpreting:
-        pytest.skip("the triton path on the CPU needs TRITON_INTERPRET=1")
+        pytest.skip("the triton implementation on the CPU needs TRITON_INTERPRET=1")
     return "triton"
 
 
@@ -68,7 +68,7 @@ def exact_fp32():
 # ------------------------------------------------------------------ rng
 
 
-def test_triton_rng_matches_torch(triton_path):
+def test_triton_rng_matches_torch(triton_impl):
     from triton_noise import keys, noise_kernel
 
     from sslseq.kernels import rng
@@ -99,30 +99,30 @@ def _check_quantize(out, ref, case, dtype, N, G, V, d, hard):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("hard", [True, False])
-def test_gumbel_triton_matches_reference(triton_path, dtype, hard):
+def test_gumbel_triton_matches_reference(triton_impl, dtype, hard):
     # N=37: not a multiple of the row block; d=70 > the column block; V=20: padded to 32.
     case = quantize_case(37, 2, 20, 70, dtype, device=DEVICE)
-    _check_quantize(run_quantize(triton_path, *case, hard), run_quantize("reference", *case, hard), case,
+    _check_quantize(run_quantize(triton_impl, *case, hard), run_quantize("reference", *case, hard), case,
                     dtype, 37, 2, 20, 70, hard)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-def test_gumbel_triton_matches_reference_base_shape(gpu_only, triton_path, dtype):
+def test_gumbel_triton_matches_reference_base_shape(gpu_only, triton_impl, dtype):
     """wav2vec 2.0 Base: N=2150 frames, G=2 x V=320 (padded to 512), d=128, hard."""
     N, G, V, d = 2150, 2, 320, 128
     case = quantize_case(N, G, V, d, dtype, seed=3, device=DEVICE)
-    out = run_quantize(triton_path, *case, True, G=G, tau=2.0)
+    out = run_quantize(triton_impl, *case, True, G=G, tau=2.0)
     ref = run_quantize("reference", *case, True, G=G, tau=2.0)
     # The codebook gradient sums about N·G/V = 13 rows per code: scale the absolute tolerance.
     _check_quantize(out, ref, case, dtype, N, G, V, d, True)
 
 
-def test_gumbel_triton_codebook_grad_deterministic_and_atomic(triton_path):
+def test_gumbel_triton_codebook_grad_deterministic_and_atomic(triton_impl):
     # Few codes, many rows: heavy collisions in the codebook scatter.
     case = quantize_case(50, 2, 3, 20, torch.float32, seed=1, device=DEVICE)
-    a = run_quantize(triton_path, *case, True, deterministic=True)
-    b = run_quantize(triton_path, *case, True, deterministic=True)
-    c = run_quantize(triton_path, *case, True, deterministic=False)
+    a = run_quantize(triton_impl, *case, True, deterministic=True)
+    b = run_quantize(triton_impl, *case, True, deterministic=True)
+    c = run_quantize(triton_impl, *case, True, deterministic=False)
     ref = run_quantize("reference", *case, True)
     assert torch.equal(a[4], b[4]) and torch.equal(a[3], b[3])
     close(a[4], ref[4], torch.float32)
@@ -134,16 +134,16 @@ def test_gumbel_triton_codebook_grad_deterministic_and_atomic(triton_path):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("use_codes", [True, False])
-def test_contrastive_triton_matches_reference(triton_path, dtype, use_codes):
+def test_contrastive_triton_matches_reference(triton_impl, dtype, use_codes):
     context, targets, neg, codes = contrastive_case(dtype, device=DEVICE)
     codes = codes if use_codes else None
     assert (neg[0] == -1).all()  # the edge cases are present
-    check_contrastive(run_contrastive(triton_path, context, targets, neg, codes),
+    check_contrastive(run_contrastive(triton_impl, context, targets, neg, codes),
                        run_contrastive("reference", context, targets, neg, codes), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-def test_contrastive_triton_matches_reference_base_shape(gpu_only, triton_path, dtype):
+def test_contrastive_triton_matches_reference_base_shape(gpu_only, triton_impl, dtype):
     """wav2vec 2.0 Base: 5 utterances of 430 masked frames (N=2150), K=100 negatives, D=256."""
     from sslseq.objectives.contrastive import sample_negatives
 
@@ -156,7 +156,7 @@ def test_contrastive_triton_matches_reference_base_shape(gpu_only, triton_path, 
     codes = torch.randint(0, 320, (n, 2), generator=g)
     context, targets = (torch.randn(n, 256, generator=g).to(dtype).to(DEVICE) for _ in range(2))
     neg, codes = neg.to(DEVICE), codes.to(DEVICE)
-    out = run_contrastive(triton_path, context, targets, neg, codes)
+    out = run_contrastive(triton_impl, context, targets, neg, codes)
     ref = run_contrastive("reference", context, targets, neg, codes)
     # The loss sums 2150 rows: its absolute tolerance scales with them.
     torch.testing.assert_close(out[0], ref[0], rtol=1e-5, atol=1e-4 * n)
@@ -165,25 +165,25 @@ def test_contrastive_triton_matches_reference_base_shape(gpu_only, triton_path, 
     close(out[3], ref[3], dtype, scale=10)  # a target row is the negative of about K rows
 
 
-def test_contrastive_triton_edge_rows(triton_path):
+def test_contrastive_triton_edge_rows(triton_impl):
     context, targets, neg, codes = contrastive_case(torch.float32, device=DEVICE)
     # Rows 0 (no negative) and 1-3 (all negatives equal the positive): only the positive is left,
     # so their loss is 0, they count as correct, and the only gradient is 0.
     for rows, n_correct in (([0], 1), ([1, 2, 3], 3)):
         sub = neg[rows]
-        out = run_contrastive(triton_path, context[rows], targets[rows], torch.where(sub >= 0, sub - rows[0], sub),
+        out = run_contrastive(triton_impl, context[rows], targets[rows], torch.where(sub >= 0, sub - rows[0], sub),
                               codes[rows])
         assert float(out[0]) == 0.0 and int(out[1]) == n_correct
         assert float(out[2].abs().max()) == 0.0 and float(out[3].abs().max()) == 0.0
-    empty = run_contrastive(triton_path, context[:5], targets[:5], neg[:5, :0], codes[:5])
+    empty = run_contrastive(triton_impl, context[:5], targets[:5], neg[:5, :0], codes[:5])
     assert int(empty[1]) == 0 and float(empty[0]) == 0.0  # no negatives at all: all tied
 
 
-def test_contrastive_triton_deterministic_option(triton_path):
+def test_contrastive_triton_deterministic_option(triton_impl):
     context, targets, neg, codes = contrastive_case(torch.float32, K=40, D=20, seed=1, distinct_codes=50, device=DEVICE)
-    a = run_contrastive(triton_path, context, targets, neg, codes, deterministic=True)
-    b = run_contrastive(triton_path, context, targets, neg, codes, deterministic=True)
-    c = run_contrastive(triton_path, context, targets, neg, codes, deterministic=False)
+    a = run_contrastive(triton_impl, context, targets, neg, codes, deterministic=True)
+    b = run_contrastive(triton_impl, context, targets, neg, codes, deterministic=True)
+    c = run_contrastive(triton_impl, context, targets, neg, codes, deterministic=False)
     ref = run_contrastive("reference", context, targets, neg, codes)
     assert torch.equal(a[3], b[3]) and torch.equal(a[2], b[2])
     close(a[3], ref[3], torch.float32)
@@ -274,9 +274,9 @@ def test_kmeans_seeded_fit_cuda_matches_cpu():
 
 
 @pytest.mark.parametrize("family", ["wav2vec2", "w2vbert"])
-def test_pretraining_steps_triton_match_reference(monkeypatch, exact_fp32, triton_path, family):
+def test_pretraining_steps_triton_match_reference(monkeypatch, exact_fp32, triton_impl, family):
     ref = pretrain_losses(monkeypatch, "reference", family, device=DEVICE)
-    out = pretrain_losses(monkeypatch, triton_path, family, device=DEVICE)
+    out = pretrain_losses(monkeypatch, triton_impl, family, device=DEVICE)
     assert ref[0] != ref[-1]  # the model did learn something in between
     assert all(math.isfinite(v) for row in ref for v in row)
     for r, t in zip(ref, out):
@@ -284,12 +284,12 @@ def test_pretraining_steps_triton_match_reference(monkeypatch, exact_fp32, trito
 
 
 @pytest.mark.parametrize("family", ["wav2vec2", "w2vbert"])
-def test_pretraining_steps_bf16_autocast_triton_match_reference(monkeypatch, triton_path, family):
+def test_pretraining_steps_bf16_autocast_triton_match_reference(monkeypatch, triton_impl, family):
     """Under bf16 autocast (the GPU recipe's precision) the loss and the code perplexity of the
-    two paths agree within the bf16 tolerance (2e-2) over the steps (accuracy: not compared, a
+    two implementations agree within the bf16 tolerance (2e-2) over the steps (accuracy: not compared, a
     bf16 rounding may flip an argmax)."""
     ref = pretrain_losses(monkeypatch, "reference", family, device=DEVICE, autocast_dtype=torch.bfloat16)
-    out = pretrain_losses(monkeypatch, triton_path, family, device=DEVICE, autocast_dtype=torch.bfloat16)
+    out = pretrain_losses(monkeypatch, triton_impl, family, device=DEVICE, autocast_dtype=torch.bfloat16)
     assert all(math.isfinite(v) for row in ref + out for v in row)
     for r, t in zip(ref, out):
         assert t[:3] == pytest.approx(r[:3], rel=2e-2, abs=2e-2), (LOGGED, r, t)

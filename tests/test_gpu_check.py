@@ -43,7 +43,7 @@ def test_dry_run_runs_every_step(tmp_path):
     assert nccl["backend"] == "gloo" and len(nccl["checks"]) == 6 and all(c["ok"] for c in nccl["checks"])
     assert "all_reduce calls" in nccl["checks"][2]["detail"]  # the collective path really ran
     kernels = steps["kernels"]["results"]["records"]
-    assert {(k["op"], k["path"]) for k in kernels} >= {(op, p) for op in ("gumbel_quantize", "contrastive_loss")
+    assert {(k["op"], k["impl"]) for k in kernels} >= {(op, p) for op in ("gumbel_quantize", "contrastive_loss")
                                                        for p in ("reference", "chunked", "triton")}
     assert {k["size"] for k in kernels} == {"tiny"}
     train = steps["train"]["results"]["records"]

@@ -1,6 +1,6 @@
 """sslseq.kernels: the Gumbel quantizer and contrastive loss ops, ``triton`` (run by the Triton
 interpreter on CPU) and ``chunked`` against ``reference`` (forward outputs and gradients), edge
-cases, float64 gradcheck of the torch paths, the dispatcher, and wav2vec 2.0 steps on both paths."""
+cases, float64 gradcheck of the torch implementations, the dispatcher, and wav2vec 2.0 steps on both."""
 
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ needs_triton = pytest.mark.skipif(
     not kernels.triton_available() or not INTERPRETED,
     reason=f"triton is not importable here ({kernels._triton_import_error()}); pip install triton"
     if not kernels.triton_available() else
-    "a CUDA GPU is visible, so Triton compiles in this process: tests/test_cuda.py runs the triton path there",
+    "a CUDA GPU is visible, so Triton compiles in this process: tests/test_cuda.py runs the triton implementation there",
 )
-FAST_PATHS = ["chunked", pytest.param("triton", marks=needs_triton)]
+FAST_IMPLS = ["chunked", pytest.param("triton", marks=needs_triton)]
 
 
 # ------------------------------------------------------------------ rng
@@ -93,15 +93,15 @@ def test_triton_kernels_compile_for_h100():
 # ------------------------------------------------------------------ Gumbel quantizer
 
 
-@pytest.mark.parametrize("path", FAST_PATHS)
+@pytest.mark.parametrize("impl", FAST_IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("hard", [True, False])
-def test_gumbel_paths_match_reference(path, dtype, hard):
+def test_gumbel_impls_match_reference(impl, dtype, hard):
     G = 2
     # N=37: not a multiple of the row block; d=70 > the column block; V=20: padded to 32.
     case = _quantize_case(37, G, 20, 70, dtype)
     ref = _run_quantize("reference", *case, hard)
-    out = _run_quantize(path, *case, hard)
+    out = _run_quantize(impl, *case, hard)
     assert out[1].dtype == torch.int64 and out[1].shape == (37, G) and torch.equal(out[1], ref[1])
     assert out[0].shape == (37, G * 70) and out[0].dtype == dtype and out[2].shape == (G, 20)
     close(out[0], ref[0], dtype)
@@ -151,29 +151,29 @@ def test_gumbel_same_noise_on_all_paths_and_seeds():
 def test_gumbel_shapes_groups_and_errors():
     lg = torch.randn(6, 3, 4)  # (N, G, V) and (G, V, d) give G themselves
     book = torch.randn(3, 4, 5)
-    q, ids, mean = kernels.gumbel_quantize(lg, book, 1.0, path="chunked")
+    q, ids, mean = kernels.gumbel_quantize(lg, book, 1.0, impl="chunked")
     assert q.shape == (6, 15) and ids.shape == (6, 3) and mean.shape == (3, 4)
-    q1, ids1, _ = kernels.gumbel_quantize(lg.reshape(6, 12), book.reshape(12, 5), 1.0, path="reference", groups=3)
+    q1, ids1, _ = kernels.gumbel_quantize(lg.reshape(6, 12), book.reshape(12, 5), 1.0, impl="reference", groups=3)
     assert torch.equal(ids, ids1) and torch.allclose(q, q1)
     torch.testing.assert_close(mean, torch.softmax(lg, -1).mean(0))
     with pytest.raises(ValueError, match="G·V"):
-        kernels.gumbel_quantize(torch.randn(6, 12), torch.randn(10, 5), 1.0, path="chunked")
+        kernels.gumbel_quantize(torch.randn(6, 12), torch.randn(10, 5), 1.0, impl="chunked")
 
 
 def test_gumbel_gradcheck_float64():
     g = torch.Generator().manual_seed(3)
     lg = torch.randn(5, 6, generator=g, dtype=torch.float64, requires_grad=True)
     bk = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    for path in ("reference", "chunked"):
-        def soft(l, b, path=path):
-            q, _, mean = kernels.gumbel_quantize(l, b, 0.8, False, 4, path, groups=2)
+    for impl in ("reference", "chunked"):
+        def soft(l, b, impl=impl):
+            q, _, mean = kernels.gumbel_quantize(l, b, 0.8, False, 4, impl, groups=2)
             return q, mean
 
         assert torch.autograd.gradcheck(soft, (lg, bk))
         # Hard: straight-through is not the derivative of the one-hot, so check what is one:
         # the gathered rows w.r.t. the codebook, the mean softmax w.r.t. the logits.
-        assert torch.autograd.gradcheck(lambda b, path=path: kernels.gumbel_quantize(lg.detach(), b, 0.8, True, 4, path, groups=2)[0], (bk,))
-        assert torch.autograd.gradcheck(lambda l, path=path: kernels.gumbel_quantize(l, bk.detach(), 0.8, True, 4, path, groups=2)[2], (lg,))
+        assert torch.autograd.gradcheck(lambda b, impl=impl: kernels.gumbel_quantize(lg.detach(), b, 0.8, True, 4, impl, groups=2)[0], (bk,))
+        assert torch.autograd.gradcheck(lambda l, impl=impl: kernels.gumbel_quantize(l, bk.detach(), 0.8, True, 4, impl, groups=2)[2], (lg,))
 
 
 def test_gumbel_chunked_is_chunked(monkeypatch):
@@ -191,20 +191,20 @@ def test_gumbel_chunked_is_chunked(monkeypatch):
 # ------------------------------------------------------------------ contrastive loss
 
 
-@pytest.mark.parametrize("path", FAST_PATHS)
+@pytest.mark.parametrize("impl", FAST_IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("use_codes", [True, False])
-def test_contrastive_paths_match_reference(path, dtype, use_codes):
+def test_contrastive_impls_match_reference(impl, dtype, use_codes):
     context, targets, neg, codes = _contrastive_case(dtype)
     codes = codes if use_codes else None
     ref = _run_contrastive("reference", context, targets, neg, codes)
-    out = _run_contrastive(path, context, targets, neg, codes)
+    out = _run_contrastive(impl, context, targets, neg, codes)
     assert (neg[0] == -1).all()  # the edge cases are present
     check_contrastive(out, ref, dtype)
 
 
-@pytest.mark.parametrize("path", FAST_PATHS)
-def test_contrastive_edge_rows(path):
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_contrastive_edge_rows(impl):
     context, targets, neg, codes = _contrastive_case(torch.float32)
     # Rows 0 (no negative) and 1-3 (all negatives equal the positive): only the positive is
     # left, so their loss is 0, they count as correct (argmin is a -inf negative), and the only
@@ -212,10 +212,10 @@ def test_contrastive_edge_rows(path):
     for rows, n_correct in (([0], 1), ([1, 2, 3], 3)):
         sub = neg[rows]
         assert ((sub == -1) if rows == [0] else (sub >= 1) & (sub <= 3)).all()  # rows 1-3: utterance 1
-        out = _run_contrastive(path, context[rows], targets[rows], torch.where(sub >= 0, sub - rows[0], sub), codes[rows])
+        out = _run_contrastive(impl, context[rows], targets[rows], torch.where(sub >= 0, sub - rows[0], sub), codes[rows])
         assert float(out[0]) == 0.0 and int(out[1]) == n_correct
         assert float(out[2].abs().max()) == 0.0 and float(out[3].abs().max()) == 0.0
-    empty = _run_contrastive(path, context[:5], targets[:5], neg[:5, :0], codes[:5])
+    empty = _run_contrastive(impl, context[:5], targets[:5], neg[:5, :0], codes[:5])
     assert int(empty[1]) == 0 and float(empty[0]) == 0.0  # no negatives at all: all tied
 
 
@@ -239,9 +239,9 @@ def test_contrastive_gradcheck_float64():
     # Compared by value, equal targets stop being equal under gradcheck's perturbation (the
     # -inf mask is a step function): check that mode on distinct targets.
     t_distinct = (targets.double() + torch.randn(targets.shape, dtype=torch.float64)).requires_grad_(True)
-    for path in ("reference", "chunked"):
+    for impl in ("reference", "chunked"):
         for cd, tt in ((codes, t), (None, t_distinct)):
-            fn = lambda x, y, path=path, cd=cd: kernels.contrastive_loss(x, y, neg, cd, 0.5, path)[0]  # noqa: E731
+            fn = lambda x, y, impl=impl, cd=cd: kernels.contrastive_loss(x, y, neg, cd, 0.5, impl)[0]  # noqa: E731
             assert torch.autograd.gradcheck(fn, (c, tt))
 
 
@@ -259,38 +259,43 @@ def test_contrastive_float64_reference_exactness():
 
 def test_dispatcher(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.delenv(kernels.ENV_PATH, raising=False)
-    assert kernels.resolve_path(None, cpu) == "chunked"
-    assert kernels.resolve_path("reference", cpu) == "reference"
-    monkeypatch.setenv(kernels.ENV_PATH, "reference")
-    assert kernels.resolve_path(None, cpu) == "reference"
-    assert kernels.resolve_path("chunked", cpu) == "chunked"  # the argument wins
-    monkeypatch.setenv(kernels.ENV_PATH, "fused")
+    monkeypatch.delenv(kernels.ENV_IMPL, raising=False)
+    assert kernels.resolve_impl(None, cpu) == "chunked"
+    assert kernels.resolve_impl("reference", cpu) == "reference"
+    monkeypatch.setenv(kernels.ENV_IMPL, "reference")
+    assert kernels.resolve_impl(None, cpu) == "reference"
+    assert kernels.resolve_impl("chunked", cpu) == "chunked"  # the argument wins
+    monkeypatch.setenv(kernels.ENV_IMPL, "fused")
     with pytest.raises(SslseqError, match="not one of"):
-        kernels.resolve_path(None, cpu)
+        kernels.resolve_impl(None, cpu)
     if kernels.triton_available():
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         with pytest.raises(SslseqError, match="TRITON_INTERPRET=1"):
-            kernels.resolve_path("triton", cpu)
-    # The objectives follow the variable: the reference path builds the (K+1, N, D) stack.
+            kernels.resolve_impl("triton", cpu)
+    # The variable's old name is an error that names the new one, not silently ignored.
+    monkeypatch.setenv("SSLSEQ_KERNEL_PATH", "chunked")
+    with pytest.raises(SslseqError, match=r"SSLSEQ_KERNEL_PATH is now \$SSLSEQ_KERNEL_IMPL"):
+        kernels.resolve_impl("chunked", cpu)
+    monkeypatch.delenv("SSLSEQ_KERNEL_PATH")
+    # The objectives follow the variable: the reference implementation builds the (K+1, N, D) stack.
     from sslseq.objectives.contrastive import contrastive_loss
 
     context, targets, neg, codes = _contrastive_case(torch.float32)
-    monkeypatch.setenv(kernels.ENV_PATH, "reference")
+    monkeypatch.setenv(kernels.ENV_IMPL, "reference")
     a = contrastive_loss(context, targets, neg, codes)
-    monkeypatch.setenv(kernels.ENV_PATH, "chunked")
+    monkeypatch.setenv(kernels.ENV_IMPL, "chunked")
     b = contrastive_loss(context, targets, neg, codes)
     torch.testing.assert_close(a[0], b[0])
     assert int(a[1]) == int(b[1])
 
 
-# ------------------------------------------------------------------ wav2vec 2.0 on both paths
+# ------------------------------------------------------------------ wav2vec 2.0 on both implementations
 
 
-@pytest.mark.parametrize("path", FAST_PATHS)
-def test_wav2vec2_steps_same_on_path_and_reference(monkeypatch, path):
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_wav2vec2_steps_same_on_impl_and_reference(monkeypatch, impl):
     ref = pretrain_losses(monkeypatch, "reference")
-    out = pretrain_losses(monkeypatch, path)
+    out = pretrain_losses(monkeypatch, impl)
     assert ref[0] != ref[-1]  # the model did learn something in between
     for r, t in zip(ref, out):
         assert t == pytest.approx(r, rel=1e-4, abs=1e-5)

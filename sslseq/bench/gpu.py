@@ -8,12 +8,12 @@ every step, so a run killed from outside still leaves the figures of the steps i
   env                 versions, the GPU, the driver, what is importable
   tests               pytest -m cuda tests/test_cuda.py: the compiled Triton kernels against the
                       reference path (fp32, bf16, small and Base shapes), fbank/MFCC and k-means on
-                      CUDA against the CPU, wav2vec 2.0 / w2v-BERT steps on both paths
+                      CUDA against the CPU, wav2vec 2.0 / w2v-BERT steps on both implementations
   nccl                an NCCL process group of world size 1: init, all_reduce / broadcast /
                       all_gather, and sslseq's own collectives through it (the quantizer's
                       diversity statistics and DinoSR's codebook sums, forced onto the collective
                       path; k-means with distributed=True)
-  kernels             sslseq bench kernels --shapes base (time and peak memory per path, vs reference)
+  kernels             sslseq bench kernels --shapes base (time and peak memory per implementation, vs reference)
   train               sslseq bench train --size base --dtype bf16 (sslseq vs transformers)
   throughput          sslseq train pretrain_wav2vec2_base.yaml for a few dozen steps on synthetic
                       audio: audio seconds per second on one GPU, bf16, compile=false
@@ -204,7 +204,7 @@ def _kernels_collect(ctx: Ctx) -> dict:
     records = _read_json(ctx.work / "kernels.json") or []
     verdicts = []
     for r in records:
-        if r["path"] == "triton" and r["device"] == "cuda":
+        if r["impl"] == "triton" and r["device"] == "cuda":
             goal = GPU_GOALS[r["op"]]
             mem = r["memory_vs_reference"]
             met = r["speedup_vs_reference"] >= goal["speedup"] and mem is not None and mem <= goal["memory"]
@@ -521,15 +521,15 @@ def render_markdown(report: dict) -> str:
         readme.append(f"- NCCL, world size 1 (`sslseq bench gpu --only nccl`): {n['status']}")
     k = steps.get("kernels")
     if k and k["results"].get("records"):
-        lines += ["", f"## `{k.get('shown', '')}`", "", "| op | shape | path | ms | speed-up | peak MB | memory |",
+        lines += ["", f"## `{k.get('shown', '')}`", "", "| op | shape | impl | ms | speed-up | peak MB | memory |",
                   "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
         for r in k["results"]["records"]:
-            lines.append(f"| {r['op']} | {r['shape']} | {r['path']} | {_fmt(r['time_ms'], '.2f')} | "
+            lines.append(f"| {r['op']} | {r['shape']} | {r['impl']} | {_fmt(r['time_ms'], '.2f')} | "
                          f"{_fmt(r['speedup_vs_reference'], '.2f')}x | {_fmt(r['peak_mb'], '.1f')} | "
                          f"{_fmt(r['memory_vs_reference'], '.3f')} |")
         lines += [f"- {v}" for v in k["results"].get("verdicts", [])]
-        tri = [r for r in k["results"]["records"] if r["path"] == "triton"]
-        refs = {(r["op"], r["shape"]): r for r in k["results"]["records"] if r["path"] == "reference"}
+        tri = [r for r in k["results"]["records"] if r["impl"] == "triton"]
+        refs = {(r["op"], r["shape"]): r for r in k["results"]["records"] if r["impl"] == "reference"}
         readme.append(f"- `{k.get('shown', '')}`: " + "; ".join(
             f"{r['op']} {r['shape']}: reference {_fmt(refs[(r['op'], r['shape'])]['time_ms'], '.2f')} ms / "
             f"{_fmt(refs[(r['op'], r['shape'])]['peak_mb'], '.0f')} MB, triton {_fmt(r['time_ms'], '.2f')} ms "

@@ -1,5 +1,5 @@
 """``sslseq bench kernels``: forward+backward time and peak memory of the Gumbel quantizer and
-contrastive-loss ops (``sslseq.kernels``) per path, with ratios against the ``reference`` path
+contrastive-loss ops (``sslseq.kernels``) per implementation, with ratios against the ``reference`` one
 measured in the same run on the same inputs.
 
 Shapes: wav2vec 2.0 Base (quantizer N=2150 frames, G=2 x V=320 codes, d=128 per group;
@@ -7,7 +7,7 @@ contrastive N=2150, K=100, D=256) and Large (codevectors and final_dim 768: d=38
 Time: best of ``--repeats`` runs after a warm-up. Peak memory: bytes of torch tensors alive at
 once beyond the inputs; on CUDA ``torch.cuda.max_memory_allocated``, on CPU a dispatch-mode
 tracker that records every storage an op creates (forward and backward) and notices its release
-(it sees tensors, not scratch buffers private to a single kernel). On CPU the triton path runs
+(it sees tensors, not scratch buffers private to a single kernel). On CPU the triton implementation runs
 only under the interpreter, which says nothing about speed: it is left out (tests cover it).
 """
 
@@ -76,9 +76,9 @@ def _quantizer_case(device, N, G, V, d):
     wq = torch.randn(N, G * d, generator=g).to(device)
     wm = torch.randn(G, V, generator=g).to(device)
 
-    def run(path: str):
+    def run(impl: str):
         lg, bk = logits.detach().requires_grad_(True), book.detach().requires_grad_(True)
-        q, _, mean = kernels.gumbel_quantize(lg, bk, 2.0, True, 1, path, groups=G)
+        q, _, mean = kernels.gumbel_quantize(lg, bk, 2.0, True, 1, impl, groups=G)
         loss = (q * wq).sum() + (mean * wm).sum()
         loss.backward()
         return loss.detach()
@@ -100,9 +100,9 @@ def _contrastive_case(device, N, K, D):
     targets = torch.randn(n, D, generator=g).to(device)
     codes = torch.randint(0, 320, (n, 2), generator=g).to(device)
 
-    def run(path: str):
+    def run(impl: str):
         c, t = context.detach().requires_grad_(True), targets.detach().requires_grad_(True)
-        loss, _ = kernels.contrastive_loss(c, t, neg, codes, 0.1, path)
+        loss, _ = kernels.contrastive_loss(c, t, neg, codes, 0.1, impl)
         loss.backward()
         return loss.detach()
 
@@ -117,20 +117,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(run: Callable[[str], torch.Tensor], paths: list[str], device: torch.device, repeats: int):
-    """{path: (best time in ms, peak MB beyond the inputs, loss value)} of forward+backward.
-    The timed repeats go round the paths in turn, so a busy machine slows them alike."""
-    values = {p: float(run(p)) for p in paths}  # warm-up: compilation, allocator, caches
-    best = dict.fromkeys(paths, float("inf"))
+def measure(run: Callable[[str], torch.Tensor], impls: list[str], device: torch.device, repeats: int):
+    """{impl: (best time in ms, peak MB beyond the inputs, loss value)} of forward+backward.
+    The timed repeats go round the implementations in turn, so a busy machine slows them alike."""
+    values = {p: float(run(p)) for p in impls}  # warm-up: compilation, allocator, caches
+    best = dict.fromkeys(impls, float("inf"))
     for _ in range(repeats):
-        for p in paths:
+        for p in impls:
             _sync(device)
             t0 = time.perf_counter()
             run(p)
             _sync(device)
             best[p] = min(best[p], time.perf_counter() - t0)
     out = {}
-    for p in paths:
+    for p in impls:
         if device.type == "cuda":
             torch.cuda.empty_cache()
             base = torch.cuda.memory_allocated(device)
@@ -155,19 +155,19 @@ def main(args) -> None:
     repeats = int(getattr(args, "repeats", 3))
     which = list(getattr(args, "shapes", None) or ["base", "large"])
     ops = list(getattr(args, "ops", None) or list(SHAPES))
-    paths = ["reference", "chunked", "triton"]
+    impls = ["reference", "chunked", "triton"]
     if device.type != "cuda" and kernels.triton_available() and kernels._interpreting():
-        print("triton path in the Triton interpreter (TRITON_INTERPRET=1): its times mean nothing")
+        print("triton implementation in the Triton interpreter (TRITON_INTERPRET=1): its times mean nothing")
     elif device.type != "cuda":
-        print("triton path left out: on CPU it runs only in the Triton interpreter (TRITON_INTERPRET=1), whose speed "
+        print("triton implementation left out: on CPU it runs only in the Triton interpreter (TRITON_INTERPRET=1), whose speed "
               "means nothing; tests/test_kernels.py checks its results")
-        paths.remove("triton")
+        impls.remove("triton")
     elif not kernels.triton_available():
-        print(f"triton path left out: triton is not importable ({kernels._triton_import_error()})")
-        paths.remove("triton")
+        print(f"triton implementation left out: triton is not importable ({kernels._triton_import_error()})")
+        impls.remove("triton")
     print(f"device {device}; torch {torch.__version__}; threads {torch.get_num_threads()}; time = forward+backward, "
           f"best of {repeats}; peak = tensor memory beyond the inputs\n")
-    header = f"{'op':<17} {'shape':<26} {'path':<10} {'time ms':>9} {'speedup':>8} {'peak MB':>9} {'memory':>7} {'|Δloss|':>9}"
+    header = f"{'op':<17} {'shape':<26} {'impl':<10} {'time ms':>9} {'speedup':>8} {'peak MB':>9} {'memory':>7} {'|Δloss|':>9}"
     print(header)
     print("-" * len(header))
     records, verdicts = [], []
@@ -176,21 +176,21 @@ def main(args) -> None:
             dims = SHAPES[op][name]
             shape = " ".join(f"{k}={v}" for k, v in dims.items())
             run = CASES[op](device, **dims)
-            results = measure(run, paths, device, repeats)
+            results = measure(run, impls, device, repeats)
             ref_time, ref_peak, ref_value = results["reference"]
-            for path in paths:
-                t, peak, value = results[path]
-                rec = dict(op=op, path=path, size=name, shape=shape, device=device.type, time_ms=round(t, 3),
+            for impl in impls:
+                t, peak, value = results[impl]
+                rec = dict(op=op, impl=impl, size=name, shape=shape, device=device.type, time_ms=round(t, 3),
                            peak_mb=round(peak, 2), speedup_vs_reference=round(ref_time / t, 3),
                            memory_vs_reference=round(peak / ref_peak, 4) if ref_peak else None)
                 records.append(rec)
-                print(f"{op:<17} {name + ': ' + shape:<26} {path:<10} {t:>9.1f} {ref_time / t:>7.2f}x {peak:>9.1f} "
+                print(f"{op:<17} {name + ': ' + shape:<26} {impl:<10} {t:>9.1f} {ref_time / t:>7.2f}x {peak:>9.1f} "
                       f"{_ratio(rec['memory_vs_reference']):>7} {abs(value - ref_value):>9.2e}")
-                if device.type == "cpu" and path == "chunked" and name != "tiny":
+                if device.type == "cpu" and impl == "chunked" and name != "tiny":
                     ok = peak <= CPU_GOAL["memory"] * ref_peak and t <= CPU_GOAL["time"] * ref_time
                     verdicts.append(f"{op} {name}: chunked memory {peak / ref_peak:.3f}x, time {t / ref_time:.2f}x of "
                                     f"reference -> CPU goal {'met' if ok else 'NOT met'}")
-                if device.type == "cuda" and path == "triton" and name != "tiny":
+                if device.type == "cuda" and impl == "triton" and name != "tiny":
                     goal = GPU_GOALS[op]
                     ok = ref_time / t >= goal["speedup"] and peak <= goal["memory"] * ref_peak
                     verdicts.append(f"{op} {name}: triton {ref_time / t:.2f}x faster, memory {peak / ref_peak:.3f}x -> "

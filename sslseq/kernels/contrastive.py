@@ -1,6 +1,6 @@
 """Contrastive (InfoNCE) loss op over cosine similarities, negatives by index.
 
-Semantics (all paths): logits[i] = [cos(c_i, t_i), cos(c_i, t[neg_idx[i, k]]) ...] / temperature,
+Semantics (all implementations): logits[i] = [cos(c_i, t_i), cos(c_i, t[neg_idx[i, k]]) ...] / temperature,
 cosine as F.normalize (eps 1e-8) then dot, in at least float32; a negative is -inf where
 neg_idx is -1 or where it equals the positive (same code ids when ``target_codes`` is given,
 else the same target vector: fairseq's ``neg_is_pos``). loss_sum = Σ_i CE(logits[i], 0);

@@ -1,7 +1,7 @@
 """Gumbel vector quantizer op: straight-through (hard) Gumbel-softmax over G groups of V codes,
 codevector gather, and the per-group mean softmax for the diversity loss.
 
-Semantics (all paths), per row n and group g, with ``z = (logits + gumbel) / tau`` computed in at
+Semantics (all implementations), per row n and group g, with ``z = (logits + gumbel) / tau`` computed in at
 least float32 and ``gumbel`` from :mod:`sslseq.kernels.rng` at the element offset of the logit:
   y_soft = softmax(z); code = argmax(z);
   hard: quantized = codebook[g, code]   (forward value of fairseq's y_hard - y_soft.detach() + y_soft)
@@ -21,7 +21,7 @@ from sslseq.kernels.rng import gumbel_noise
 
 __all__ = ["gumbel_quantize_reference", "GumbelQuantizeFn", "chunked_forward", "chunked_backward"]
 
-# Logit elements per row chunk of the chunked path (fp32 temporaries of a few times 4 MB).
+# Logit elements per row chunk of the chunked implementation (fp32 temporaries of a few times 4 MB).
 CHUNK_ELEMS = 1 << 18
 
 

@@ -57,7 +57,7 @@ def _load_group(logits, rows, cols, g, N, V, GV):
 
 @triton.jit
 def _dot(a, b):
-    """In fp32, exactly (no TF32), as the torch paths. 16-bit operands are widened too: the
+    """In fp32, exactly (no TF32), as the torch implementations. 16-bit operands are widened too: the
     Triton interpreter's bf16 dot is wrong, and the CPU tests must run the code the GPU runs."""
     return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
 

@@ -1,6 +1,6 @@
-"""One counter-based RNG shared by every kernel path: Gumbel noise as a pure function of
+"""One counter-based RNG shared by every kernel implementation: Gumbel noise as a pure function of
 (seed, element offset), so the noise is never stored (the backward regenerates it) and the
-reference, chunked and Triton paths see the same numbers.
+reference, chunked and Triton implementations see the same numbers.
 
 A uint32 integer hash (Wellons' "lowbias32", two rounds keyed by the seed) → 23-bit uniform in
 (0, 1), exact in float32 → Gumbel ``-log(-log(u))`` in float32. The torch version below works in

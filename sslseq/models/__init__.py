@@ -1,37 +1,27 @@
 """Model registry: build a model from its config dict (the experiment dir: ``models/exp_dir.py``).
 
-Every model implements ``forward(batch) -> ModelOutput``, ``set_num_updates(step)``,
-``extract_features(wav, wav_lens) -> (hidden_states, frame_lens)`` and has ``frame_rate``
-and ``cfg`` attributes.
+Every registered model is a ``models/base.py:SpeechModel`` (the contract: ``forward(batch) ->
+ModelOutput``, ``set_num_updates``, ``extract_features``, ``frame_rate``, ``needs_labels``).
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
-import torch
 from torch import nn
 
 # The experiment dir (config.yaml, model.safetensors, units.txt) has its one reader and writer there.
 from sslseq.models.exp_dir import (
     load, load_state, load_weights, model_config_dict, model_state_dict, read_weights, save_weights, write_exp_dir,
 )
+from sslseq.models.base import ModelOutput, SpeechModel
+from sslseq.models.ctc import CTCConfig, CTCModel
+from sslseq.models.dinosr import DinoSR, DinoSRConfig
+from sslseq.models.encoder_only import EncoderOnly, EncoderOnlyConfig
+from sslseq.models.hubert import HubertConfig, HuBERT
+from sslseq.models.w2vbert import W2VBert, W2VBertConfig
+from sslseq.models.wav2vec2 import Wav2Vec2, Wav2Vec2Config
 from sslseq.utils import SslseqError
-
-
-class ModelOutput(NamedTuple):
-    loss: torch.Tensor  # scalar, SUM over the units it covers
-    sample_size: int  # number of units; the trainer divides the loss by it
-    logs: dict[str, float]  # detached statistics
-
-
-# Imported after ModelOutput: the model modules import it from here.
-from sslseq.models.ctc import CTCConfig, CTCModel  # noqa: E402
-from sslseq.models.hubert import HubertConfig, HuBERT  # noqa: E402
-from sslseq.models.wav2vec2 import Wav2Vec2, Wav2Vec2Config  # noqa: E402
-from sslseq.models.w2vbert import W2VBert, W2VBertConfig  # noqa: E402
-from sslseq.models.encoder_only import EncoderOnly, EncoderOnlyConfig  # noqa: E402
-from sslseq.models.dinosr import DinoSR, DinoSRConfig  # noqa: E402
 
 MODELS: dict[str, tuple[type, type]] = {
     "hubert": (HubertConfig, HuBERT),
@@ -43,7 +33,7 @@ MODELS: dict[str, tuple[type, type]] = {
 }
 
 __all__ = [
-    "ModelOutput", "MODELS", "build_model", "load", "model_config_dict", "model_state_dict",
+    "ModelOutput", "SpeechModel", "MODELS", "build_model", "load", "model_config_dict", "model_state_dict",
     "save_weights", "load_weights", "load_state", "read_weights", "write_exp_dir",
     "HubertConfig", "HuBERT", "CTCConfig", "CTCModel",
     "Wav2Vec2Config", "Wav2Vec2", "W2VBertConfig", "W2VBert", "needs_labels",
@@ -53,13 +43,13 @@ __all__ = [
 
 def needs_labels(model: dict[str, Any] | nn.Module, default_name: str = "hubert") -> bool:
     """Whether pretraining ``model`` (a built model, or a model config dict whose ``name``
-    defaults to ``default_name``) needs k-means labels: its class attribute ``needs_labels``
-    (True when absent, as for HuBERT)."""
+    defaults to ``default_name``) needs k-means labels: its class attribute
+    ``SpeechModel.needs_labels`` (True for a module that is not a SpeechModel, and an unknown name)."""
     if isinstance(model, nn.Module):
         return bool(getattr(model, "needs_labels", True))
     name = model.get("name", default_name) if isinstance(model, dict) else default_name
     entry = MODELS.get(name)
-    return True if entry is None else bool(getattr(entry[1], "needs_labels", True))
+    return True if entry is None else bool(entry[1].needs_labels)
 
 
 def build_model(model_cfg: dict[str, Any], where: str = "model") -> nn.Module:

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslseq.config import from_dict, to_dict
-from sslseq.models import ModelOutput
+from sslseq.config import deep_merge, dict_diff, from_dict, to_dict
+from sslseq.models.base import ModelOutput, SpeechModel
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.utils import SslseqError, get_logger
 
@@ -113,7 +113,7 @@ def _architecture(enc: dict[str, Any]) -> dict[str, Any]:
     return arch
 
 
-class CTCModel(nn.Module):
+class CTCModel(SpeechModel):
     def __init__(self, cfg: CTCConfig):
         super().__init__()
         if cfg.vocab_size < 2:
@@ -127,12 +127,10 @@ class CTCModel(nn.Module):
             raise SslseqError(f"model.upsample must be 1..8 CTC outputs per encoder frame, got {cfg.upsample}")
         self.cfg = dataclasses.replace(cfg, encoder=resolve_encoder_config(cfg))
         self.encoder = SpeechEncoder(self.cfg.encoder)
-        self.frame_rate = self.encoder.frame_rate * cfg.upsample  # of the CTC outputs
         self.final_dropout = nn.Dropout(cfg.final_dropout)
         self.proj = nn.Linear(self.encoder.embed_dim, cfg.vocab_size * cfg.upsample)
         nn.init.xavier_uniform_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
-        self.num_updates = 0
 
     @classmethod
     def from_pretrained(cls, ssl_model: nn.Module, cfg_overrides: dict[str, Any]) -> "CTCModel":
@@ -155,9 +153,10 @@ class CTCModel(nn.Module):
                 f"top-level CTC fields; use {', '.join('model.' + k for k in shadowed)} instead"
             )
         base = to_dict(encoder.cfg)
-        merged = _deep_merge(base, enc_over)
+        merged = deep_merge(base, enc_over)
         if _architecture(merged) != _architecture(base):
-            diff = _diff(_architecture(base), _architecture(merged))
+            diff = "; ".join(f"encoder.{key}: pretrained {was!r} vs {now!r}"
+                             for key, was, now in dict_diff(_architecture(base), _architecture(merged)))
             raise SslseqError(
                 f"model.encoder overrides change the pretrained encoder's architecture ({diff}); only "
                 f"fine-tuning fields ({', '.join(_ENCODER_FT_FIELDS + _TRANSFORMER_FT_FIELDS)}) may differ"
@@ -168,8 +167,10 @@ class CTCModel(nn.Module):
         log.info("CTC model: encoder initialised from a pretrained %s, new %d-unit head", type(ssl_model).__name__, cfg.vocab_size)
         return model
 
-    def set_num_updates(self, step: int) -> None:
-        self.num_updates = step
+    @property
+    def frame_rate(self) -> float:
+        """Of the CTC outputs: the encoder's times ``upsample``."""
+        return self.encoder.frame_rate * self.cfg.upsample
 
     @property
     def encoder_frozen(self) -> bool:
@@ -204,31 +205,9 @@ class CTCModel(nn.Module):
         loss = ctc_loss(lp, out_lens, targets, target_lens, blank=self.cfg.blank_id)
         n_tokens = int(target_lens.sum())
         logs = {
-            "loss": float(loss.detach()) / max(n_tokens, 1),
+            "loss": loss.detach().double() / max(n_tokens, 1),
             "n_tokens": float(n_tokens),
             "n_utts": float(targets.size(0)),
             "encoder_frozen": float(self.encoder_frozen),
         }
         return ModelOutput(loss, n_tokens, logs)
-
-    def extract_features(self, wav: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return self.encoder.extract_features(wav, wav_lens)
-
-
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "encoder.") -> str:
-    parts = []
-    for k in sorted(set(a) | set(b)):
-        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            sub = _diff(a[k], b[k], f"{prefix}{k}.")
-            if sub:
-                parts.append(sub)
-        elif a.get(k) != b.get(k):
-            parts.append(f"{prefix}{k}: pretrained {a.get(k)!r} vs {b.get(k)!r}")
-    return "; ".join(parts)

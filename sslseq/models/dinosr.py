@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslseq.models import ModelOutput
+from sslseq.models.base import LogValue, ModelOutput, SpeechModel, nothing_masked
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.objectives.codebook import OnlineCodebooks, codeword_perplexity
 from sslseq.objectives.quantizer import codebook_use
@@ -86,7 +86,7 @@ def instance_norm_valid(x: torch.Tensor, valid: torch.Tensor, eps: float = 1e-5)
     return (x - mean) * torch.rsqrt(var + eps)
 
 
-class DinoSR(nn.Module):
+class DinoSR(SpeechModel):
     needs_labels = False  # targets come from the model's own teacher
 
     def __init__(self, cfg: DinoSRConfig):
@@ -108,7 +108,6 @@ class DinoSR(nn.Module):
             raise SslseqError(f"model.ema_decay and model.ema_end_decay must be in [0, 1], got {cfg.ema_decay}, {cfg.ema_end_decay}")
         self.cfg = cfg
         self.encoder = SpeechEncoder(enc)  # the student; CTC fine-tuning copies it
-        self.frame_rate = self.encoder.frame_rate
         D = self.encoder.embed_dim
         self.heads = nn.ModuleList(nn.Linear(D, cfg.codebook_size) for _ in range(cfg.top_k_layers))
         self.codebooks = OnlineCodebooks(cfg.top_k_layers, cfg.codebook_size, D, cfg.codebook_decay)
@@ -118,7 +117,6 @@ class DinoSR(nn.Module):
         # The update whose student weights the teacher last absorbed: a repeated call or a resume
         # from a checkpoint never averages the same student twice.
         self.register_buffer("teacher_step", torch.zeros((), dtype=torch.long))
-        self.num_updates = 0
 
     # ------------------------------------------------------------------ teacher
     def train(self, mode: bool = True) -> "DinoSR":
@@ -187,29 +185,24 @@ class DinoSR(nn.Module):
         if self.training:
             self.codebooks.update(z, ids)  # a collective: every process, every training forward
 
-        logs: dict[str, float] = {"n_masked": float(n), "ema_decay": self.ema_decay,
+        logs: dict[str, LogValue] = {"n_masked": float(n), "ema_decay": self.ema_decay,
                                   "codebook_decay": cfg.codebook_decay, "chance_bits": math.log2(V)}
-        if n == 0:  # nothing masked (only very short utterances): no loss; every head stays in the
-            # graph so DDP (find_unused_parameters=False) still sees a gradient for each parameter
-            zero = out.x.sum() + sum(p.sum() for p in self.heads.parameters())
-            return ModelOutput(zero * 0.0, 0, {**logs, "loss": 0.0})
+        if n == 0:
+            return nothing_masked(self, logs)
 
         x = out.x[sel]
         logits = torch.stack([head(x) for head in self.heads]).float()  # (k, N, V)
         ce = F.cross_entropy(logits.reshape(k * n, V), ids.reshape(-1), reduction="none").view(k, n)
         loss = ce.sum() / k  # per frame: mean over codebooks (layers); summed over frames
 
-        with torch.no_grad():
-            per = float(loss.detach()) / n
+        with torch.no_grad():  # detached float64 tensors: no host sync here (models/base.py)
+            per = loss.detach().double() / n
             acc = (logits.argmax(-1) == ids).float().mean(dim=1)  # (k,)
             ppl = codeword_perplexity(ids, V)  # (k,)
-            logs.update(loss=per, loss_bits=per / math.log(2), acc=float(acc.mean()), code_ppl=float(ppl.mean()))
+            logs.update(loss=per, loss_bits=per / math.log(2), acc=acc.mean().double(), code_ppl=ppl.mean().double())
             first = self.encoder.cfg.encoder.num_layers - k + 1  # 1-based teacher layer of codebook 0
-            for g in range(k):
-                logs[f"acc_l{first + g}"] = float(acc[g])
-                logs[f"code_ppl_l{first + g}"] = float(ppl[g])
+            for g, (acc_g, ppl_g) in enumerate(zip(acc.double().unbind(), ppl.double().unbind())):
+                logs[f"acc_l{first + g}"] = acc_g
+                logs[f"code_ppl_l{first + g}"] = ppl_g
             logs["codebook_use"] = codebook_use(ppl, V, n)
         return ModelOutput(loss, n, logs)
-
-    def extract_features(self, wav: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return self.encoder.extract_features(wav, wav_lens)

@@ -10,9 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from torch import nn
-
+from sslseq.models.base import SpeechModel
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.utils import SslseqError
 
@@ -22,22 +20,14 @@ class EncoderOnlyConfig:
     encoder: SpeechEncoderConfig = field(default_factory=SpeechEncoderConfig)
 
 
-class EncoderOnly(nn.Module):
+class EncoderOnly(SpeechModel):
     def __init__(self, cfg: EncoderOnlyConfig):
         super().__init__()
         self.cfg = cfg
         self.encoder = SpeechEncoder(cfg.encoder)
-        self.frame_rate = self.encoder.frame_rate
-        self.num_updates = 0
-
-    def set_num_updates(self, step: int) -> None:
-        self.num_updates = step
 
     def forward(self, batch: dict[str, Any]):
         raise SslseqError(
             "an 'encoder' model (an imported encoder without pretraining heads) has no training "
             "objective; fine-tune it with task=ctc init=<this exp dir> instead"
         )
-
-    def extract_features(self, wav: torch.Tensor, wav_lens: torch.Tensor | None = None):
-        return self.encoder.extract_features(wav, wav_lens)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslseq.models import ModelOutput
+from sslseq.models.base import LogValue, ModelOutput, SpeechModel, nothing_masked
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.utils import SslseqError
 
@@ -51,7 +51,9 @@ def label_frame_ratio(label_rate: float, frame_rate: float) -> int:
     return int(round(ratio))
 
 
-class HuBERT(nn.Module):
+class HuBERT(SpeechModel):
+    needs_labels = True  # offline k-means labels
+
     def __init__(self, cfg: HubertConfig):
         super().__init__()
         if cfg.num_classes < 2:
@@ -61,14 +63,9 @@ class HuBERT(nn.Module):
             )
         self.cfg = cfg
         self.encoder = SpeechEncoder(cfg.encoder)
-        self.frame_rate = self.encoder.frame_rate
         self.label_ratio = label_frame_ratio(cfg.label_rate, self.frame_rate)
         self.final_proj = nn.Linear(cfg.encoder.encoder.embed_dim, cfg.final_dim)
         self.label_embs_concat = nn.Parameter(torch.empty(cfg.num_classes, cfg.final_dim).uniform_())
-        self.num_updates = 0
-
-    def set_num_updates(self, step: int) -> None:
-        self.num_updates = step
 
     def align_labels(self, labels: torch.Tensor, label_lens: torch.Tensor, frame_lens: torch.Tensor, T: int) -> torch.Tensor:
         """(B, L) labels at ``label_rate`` → (B, T) frame targets (-1 = none), as fairseq:
@@ -122,7 +119,7 @@ class HuBERT(nn.Module):
 
         loss = out.x.new_zeros((), dtype=torch.float32)
         sample_size = 0
-        logs: dict[str, float] = {}
+        logs: dict[str, LogValue] = {}
         K = cfg.num_classes
         for name, sel, weight in (("m", masked, cfg.pred_masked_weight), ("u", unmasked, cfg.pred_nomask_weight)):
             if weight <= 0:
@@ -133,21 +130,20 @@ class HuBERT(nn.Module):
             part = F.cross_entropy(logit, tgt, reduction="sum")
             loss = loss + weight * part
             sample_size += n
-            with torch.no_grad():
-                per = part.item() / max(n, 1)
+            with torch.no_grad():  # detached float64 tensors: no host sync here (models/base.py)
+                per = part.detach().double() / max(n, 1)
                 logs[f"loss_{name}"] = per
                 logs[f"loss_{name}_bits"] = per / math.log(2)
-                logs[f"acc_{name}"] = (logit.argmax(-1) == tgt).float().mean().item() if n else 0.0
+                logs[f"acc_{name}"] = (logit.argmax(-1) == tgt).float().mean().double() if n else 0.0
                 logs[f"n_{'masked' if name == 'm' else 'unmasked'}"] = float(n)
         if cfg.feature_pen_weight > 0:
             # fairseq scales the penalty by sample_size so it survives the trainer's division.
             loss = loss + cfg.feature_pen_weight * out.features_pen * sample_size
-        logs["features_pen"] = float(out.features_pen.detach())
+        logs["features_pen"] = out.features_pen.detach().double()
         logs["chance_bits"] = math.log2(K)
         if "loss_m_bits" in logs:  # the masked-prediction task is what the health checks judge
             logs["loss_bits"] = logs["loss_m_bits"]
-        logs["loss"] = float(loss.detach()) / max(sample_size, 1)
+        if sample_size == 0:
+            return nothing_masked(self, logs)
+        logs["loss"] = loss.detach().double() / max(sample_size, 1)
         return ModelOutput(loss, sample_size, logs)
-
-    def extract_features(self, wav: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return self.encoder.extract_features(wav, wav_lens)

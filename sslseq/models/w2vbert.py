@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslseq.models import ModelOutput
+from sslseq.models.base import LogValue, ModelOutput, SpeechModel, nothing_masked
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.nn.transformer import TransformerEncoderConfig
 from sslseq.objectives.contrastive import contrastive_loss, sample_negatives
@@ -87,7 +87,7 @@ class W2VBertConfig:
     mlm_weight: float = 1.0  # the paper's β
 
 
-class W2VBert(nn.Module):
+class W2VBert(SpeechModel):
     needs_labels = False  # self-supervised targets: the trainer reads no k-means labels
 
     def __init__(self, cfg: W2VBertConfig):
@@ -104,7 +104,6 @@ class W2VBert(nn.Module):
             raise SslseqError("model.encoder.mask_prob must be > 0: w2v-BERT predicts masked frames")
         self.cfg = cfg
         self.encoder = SpeechEncoder(cfg.encoder)
-        self.frame_rate = self.encoder.frame_rate
         self.num_contrastive_layers = L - cfg.num_mlm_layers
         C, D = self.encoder.feature_extractor.out_dim, self.encoder.embed_dim
         final_dim = cfg.final_dim if cfg.final_dim > 0 else D
@@ -117,7 +116,6 @@ class W2VBert(nn.Module):
         self.project_q = nn.Linear(vq_dim, final_dim)
         self.final_proj = nn.Linear(D, final_dim)  # contrastive module output → contrastive space
         self.mlm_proj = nn.Linear(D, cfg.latent_groups * cfg.latent_vars)  # MLM module output → code logits
-        self.num_updates = 0
 
     def set_num_updates(self, step: int) -> None:
         """Called once per optimizer step: anneals the Gumbel temperature."""
@@ -129,9 +127,9 @@ class W2VBert(nn.Module):
         out = self.encoder(batch["wav"], batch["wav_lens"], mask=True, output_hidden_states=True, return_features=True)
         sel = out.mask_indices & ~out.padding_mask  # (B, T) frames to predict
         n = int(sel.sum())
-        logs: dict[str, float] = {"n_masked": float(n)}
-        if n == 0:  # nothing masked (e.g. only very short utterances): no loss, keep the graph
-            return ModelOutput(out.x.sum() * 0.0, 0, {**logs, "loss": 0.0})
+        logs: dict[str, LogValue] = {"n_masked": float(n)}
+        if n == 0:
+            return nothing_masked(self, logs)
 
         # Targets: the quantized unmasked features of the masked frames, and their code ids.
         q = self.quantizer(out.features[sel][None], produce_targets=True)
@@ -151,32 +149,28 @@ class W2VBert(nn.Module):
         diversity = (q.num_vars - q.prob_perplexity) / q.num_vars  # 0 when all G·V codes are used evenly
         loss = cfg.mlm_weight * loss_m + loss_c + cfg.diversity_weight * diversity * n
 
-        with torch.no_grad():
+        with torch.no_grad():  # detached float64 tensors: no host sync here (models/base.py)
             K = neg_idx.size(1)
-            per = float(loss.detach()) / n
-            tasks = (float(loss_c.detach()) + cfg.mlm_weight * float(loss_m.detach())) / n
+            lc, lm = loss_c.detach().double(), loss_m.detach().double()
             logs.update(
-                loss=per,
-                loss_bits=tasks / math.log(2),  # contrastive + MLM tasks (no diversity term), judged against chance
-                contrastive=float(loss_c.detach()) / n,
-                contrastive_bits=float(loss_c.detach()) / n / math.log(2),
+                loss=loss.detach().double() / n,
+                loss_bits=(lc + cfg.mlm_weight * lm) / n / math.log(2),  # contrastive + MLM tasks (no diversity term), judged against chance
+                contrastive=lc / n,
+                contrastive_bits=lc / n / math.log(2),
                 contrastive_chance_bits=math.log2(K + 1),
-                acc=float(n_correct) / n,
-                mlm=float(loss_m.detach()) / n,
-                mlm_bits=float(loss_m.detach()) / n / math.log(2),
+                acc=n_correct.double() / n,
+                mlm=lm / n,
+                mlm_bits=lm / n / math.log(2),
                 mlm_chance_bits=G * math.log2(V),
                 # What guessing scores on both tasks (the trainer's health check compares loss_bits to it).
                 chance_bits=math.log2(K + 1) + cfg.mlm_weight * G * math.log2(V),
-                mlm_acc=float((logits.argmax(-1) == codes.reshape(-1)).float().mean()),
-                code_perplexity=float(q.code_perplexity),
-                prob_perplexity=float(q.prob_perplexity.detach()),
-                diversity=float(diversity.detach()),
+                mlm_acc=(logits.argmax(-1) == codes.reshape(-1)).float().mean().double(),
+                code_perplexity=q.code_perplexity.double(),
+                prob_perplexity=q.prob_perplexity.detach().double(),
+                diversity=diversity.detach().double(),
                 temp=q.temp,
             )
-            for g, ppl in enumerate(q.code_perplexity_groups.tolist()):
+            for g, ppl in enumerate(q.code_perplexity_groups.double().unbind()):
                 logs[f"code_perplexity_g{g}"] = ppl
             logs["codebook_use"] = codebook_use(q.code_perplexity_groups, V, n)  # the trainer warns on collapse
         return ModelOutput(loss, n, logs)
-
-    def extract_features(self, wav: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return self.encoder.extract_features(wav, wav_lens)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sslseq.models import ModelOutput
+from sslseq.models.base import LogValue, ModelOutput, SpeechModel, nothing_masked
 from sslseq.nn.encoder import SpeechEncoder, SpeechEncoderConfig
 from sslseq.objectives.contrastive import contrastive_loss, sample_negatives
 from sslseq.objectives.quantizer import GumbelVectorQuantizer, codebook_use
@@ -57,7 +57,7 @@ class Wav2Vec2Config:
     feature_pen_weight: float = 10.0  # fairseq loss_weights[1]
 
 
-class Wav2Vec2(nn.Module):
+class Wav2Vec2(SpeechModel):
     needs_labels = False  # self-supervised targets: the trainer reads no k-means labels
 
     def __init__(self, cfg: Wav2Vec2Config):
@@ -70,7 +70,6 @@ class Wav2Vec2(nn.Module):
             raise SslseqError("model.encoder.mask_prob must be > 0: wav2vec 2.0 predicts masked frames")
         self.cfg = cfg
         self.encoder = SpeechEncoder(cfg.encoder)
-        self.frame_rate = self.encoder.frame_rate
         C, D = self.encoder.feature_extractor.out_dim, self.encoder.embed_dim
         final_dim = cfg.final_dim if cfg.final_dim > 0 else D
         if cfg.quantize_targets:
@@ -86,7 +85,6 @@ class Wav2Vec2(nn.Module):
             self.quantizer = None
             self.project_q = nn.Linear(C, final_dim)
         self.final_proj = nn.Linear(D, final_dim)
-        self.num_updates = 0
 
     def set_num_updates(self, step: int) -> None:
         """Called once per optimizer step: anneals the Gumbel temperature."""
@@ -99,9 +97,9 @@ class Wav2Vec2(nn.Module):
         out = self.encoder(batch["wav"], batch["wav_lens"], mask=True, return_features=True)
         sel = out.mask_indices & ~out.padding_mask  # (B, T) frames to predict
         n = int(sel.sum())
-        logs: dict[str, float] = {"features_pen": float(out.features_pen.detach()), "n_masked": float(n)}
-        if n == 0:  # nothing masked (e.g. only very short utterances): no loss, keep the graph
-            return ModelOutput(out.x.sum() * 0.0, 0, {**logs, "loss": 0.0})
+        logs: dict[str, LogValue] = {"features_pen": out.features_pen.detach().double(), "n_masked": float(n)}
+        if n == 0:
+            return nothing_masked(self, logs)
 
         feats = out.features[sel]  # (N, C) unmasked, dropout_features applied by the encoder
         codes = None
@@ -125,28 +123,24 @@ class Wav2Vec2(nn.Module):
             # fairseq scales the extra losses by sample_size so they survive the trainer's division.
             loss = loss + cfg.feature_pen_weight * out.features_pen * n
 
-        with torch.no_grad():
+        with torch.no_grad():  # detached float64 tensors: no host sync here (models/base.py)
             K = neg_idx.size(1)
-            per = float(loss.detach()) / n
-            contrastive = float(loss_c.detach()) / n
+            contrastive = loss_c.detach().double() / n
             logs.update(
-                loss=per,
+                loss=loss.detach().double() / n,
                 contrastive=contrastive,
                 loss_bits=contrastive / math.log(2),  # the contrastive task, judged against chance
                 chance_bits=math.log2(K + 1),
-                acc=float(n_correct) / n,
+                acc=n_correct.double() / n,
             )
             if self.quantizer is not None:
                 logs.update(
-                    code_perplexity=float(q.code_perplexity),
-                    prob_perplexity=float(q.prob_perplexity.detach()),
-                    diversity=float(diversity.detach()),
+                    code_perplexity=q.code_perplexity.double(),
+                    prob_perplexity=q.prob_perplexity.detach().double(),
+                    diversity=diversity.detach().double(),
                     temp=q.temp,
                 )
-                for g, ppl in enumerate(q.code_perplexity_groups.tolist()):
+                for g, ppl in enumerate(q.code_perplexity_groups.double().unbind()):
                     logs[f"code_perplexity_g{g}"] = ppl
                 logs["codebook_use"] = codebook_use(q.code_perplexity_groups, cfg.latent_vars, n)
         return ModelOutput(loss, n, logs)
-
-    def extract_features(self, wav: torch.Tensor, wav_lens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        return self.encoder.extract_features(wav, wav_lens)

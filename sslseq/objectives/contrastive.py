@@ -5,7 +5,7 @@ The N masked frames of a batch are numbered in row-major order of the (B, T) mas
 frame's distractors are other masked frames of the same utterance (``neg_idx`` (N, K) into
 those N rows, -1 = none). Logits are cosine similarities / temperature, the positive at
 column 0; distractors equal to the positive are set to -inf. The computation is
-``sslseq.kernels.contrastive_loss`` (path by device or $SSLSEQ_KERNEL_PATH: the fused Triton
+``sslseq.kernels.contrastive_loss`` (implementation by device or $SSLSEQ_KERNEL_IMPL: the fused Triton
 kernel on CUDA; on CPU chunked gathers of ``kernels.contrastive.CHUNK_ELEMS`` elements, never a
 (K+1, N, D) copy, in forward or backward).
 """

@@ -30,11 +30,12 @@ class QuantizerOutput(NamedTuple):
     code_perplexity_groups: torch.Tensor  # (G,) per-group hard-code perplexity
 
 
-def codebook_use(perplexities: torch.Tensor, codebook_size: int, n_frames: int) -> float:
+def codebook_use(perplexities: torch.Tensor, codebook_size: int, n_frames: int) -> torch.Tensor:
     """How much of its codebooks a batch uses: the smallest perplexity over its most possible
-    value, min(codebook size, frames). The trainer's health checks warn below 0.1."""
+    value, min(codebook size, frames), a detached float64 scalar (no host sync). The trainer's
+    health checks warn below 0.1."""
     bound = max(min(codebook_size, n_frames), 1)
-    return float(perplexities.min()) / bound
+    return perplexities.detach().min().double() / bound
 
 
 def perplexity(probs: torch.Tensor) -> torch.Tensor:
@@ -117,7 +118,7 @@ class GumbelVectorQuantizer(nn.Module):
         fused_mean = None
         if self.training:
             # Straight-through hard Gumbel sample + codevector gather, fused (sslseq.kernels:
-            # reference / chunked / triton by device or $SSLSEQ_KERNEL_PATH). The noise is a
+            # reference / chunked / triton by device or $SSLSEQ_KERNEL_IMPL). The noise is a
             # function of a seed drawn from torch's generator, so training stays reproducible.
             q, idx, fused_mean = gumbel_quantize(
                 logits.reshape(-1, G * V), book.reshape(G * V, -1), self.curr_temp, hard=True, seed=draw_seed(), groups=G

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sslseq.config import load_config, load_yaml, to_dict
+from sslseq.config import deep_merge, load_config, load_yaml, to_dict
 from sslseq.train.schedule import SCHEDULES
 from sslseq.utils import SslseqError
 
@@ -89,13 +89,6 @@ class TrainConfig:
     max_valid_batches: int | None = None  # cap on validation batches (None: whole valid set)
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def model_config_path(config: Path, model_config: str) -> Path:
     """Where a training YAML's ``model_config`` is: relative to that YAML first, then to the cwd."""
     mpath = Path(model_config)
@@ -143,7 +136,7 @@ def resolve_train_config(path: str | Path, overrides: list[str] = ()) -> TrainCo
             if not isinstance(mdata.get("encoder"), dict):
                 raise SslseqError(f"{mpath}: no 'encoder' section to take the CTC encoder architecture from")
             mdata = {"encoder": mdata["encoder"]}
-        cfg.model = _merge(mdata, cfg.model)
+        cfg.model = deep_merge(mdata, cfg.model)
         cfg.model_config = None  # merged: the saved config stands alone
     return cfg
 
@@ -275,22 +268,6 @@ def resolve_paths(d: dict) -> dict:
     return d
 
 
-def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
-    out = []
-    for k in sorted(set(a) | set(b), key=str):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += config_diff(va, vb, f"{prefix}{k}.")
-        elif _norm(va) != _norm(vb):
-            out.append(f"{prefix}{k}")
-    return out
-
-
-def _norm(v: Any) -> Any:
-    return list(_norm(x) for x in v) if isinstance(v, (list, tuple)) else v
-
-
 __all__ = [
     "DataConfig",
     "OptimConfig",
@@ -300,7 +277,6 @@ __all__ = [
     "pretrain_needs_labels",
     "resolve_train_config",
     "semantic_dict",
-    "config_diff",
     "resolve_path",
     "resolve_paths",
 ]

@@ -29,14 +29,13 @@ import numpy as np
 import torch
 import yaml
 
-from sslseq.config import to_dict
+from sslseq.config import dict_diff, to_dict
 from sslseq.data.batching import LengthBucketBatchSampler
 from sslseq.data.dataset import SpeechDataset, collate
 from sslseq.train import checkpoint as ckpt
 from sslseq.train.config import (
     PATH_KEYS,
     TrainConfig,
-    config_diff,
     effective_update_freq,
     load_train_config,
     resolve_path,
@@ -45,6 +44,7 @@ from sslseq.train.config import (
 )
 from sslseq.train.health import HealthMonitor
 from sslseq.train.tasks import make_task
+from sslseq.models.base import log_floats
 from sslseq.models.exp_dir import CONFIG, WEIGHTS, check_exp_dir, write_exp_dir
 from sslseq.models.train_log import LOG, JsonLog
 from sslseq.train.schedule import lr_at, warmup_steps
@@ -250,7 +250,7 @@ class Trainer:
         # Another spelling of the same paths (./x vs /abs/x) is the same run: compared resolved.
         old = yaml.safe_load(state.get("config", "")) or {}
         same = state.get("config_digest") == self.digest
-        diff = [] if same else config_diff(resolve_paths(old), resolve_paths(semantic_dict(self.cfg)))
+        diff = [] if same else [key for key, _, _ in dict_diff(resolve_paths(old), resolve_paths(semantic_dict(self.cfg)))]
         if diff:
             raise SslseqError(
                 f"{self.out_dir} holds checkpoints of a run with another config (differs in: {', '.join(diff) or '?'}); "
@@ -267,10 +267,12 @@ class Trainer:
         self._restore_rng(state["rng"])
         log.info("resumed from %s (step %d, epoch %d, batch %d)", latest, self.step, self.epoch, self.batch_index)
 
-    def _restore_rng(self, saved: list[dict[str, Any]] | dict[str, Any]) -> None:
-        """Each process takes back its own RNG state (older checkpoints hold one dict)."""
+    def _restore_rng(self, states: list[dict[str, Any]]) -> None:
+        """Each process takes back its own RNG state (a checkpoint holds one per process)."""
         acc = self.accelerator
-        states = saved if isinstance(saved, list) else [saved]
+        if not isinstance(states, list):  # not written by this trainer (_save_checkpoint writes a list)
+            raise SslseqError(f"{self.ckpt_dir}: a checkpoint's RNG states are not a per-process list; "
+                              f"delete {self.ckpt_dir} to start over")
         if len(states) == acc.num_processes:
             ckpt.set_rng_state(states[acc.process_index])
             return
@@ -341,7 +343,7 @@ class Trainer:
             g["lr"] = lr
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         sample_size = 0
-        logs: dict[str, float] = {}
+        logs: dict[str, Any] = {}  # float64 tensors (or floats) until the step's one conversion
         audio = frames_padded = 0
         for i, mb in enumerate(micro_batches):
             # Gradients are all-reduced only on the last micro-batch (no_sync: DDP-aware).
@@ -353,9 +355,11 @@ class Trainer:
             ss = int(out.sample_size)
             sample_size += ss
             for k, v in out.logs.items():
-                logs[k] = logs.get(k, 0.0) + float(v) * max(ss, 1)
+                v = v.detach().double() if isinstance(v, torch.Tensor) else float(v)
+                logs[k] = logs.get(k, 0.0) + v * max(ss, 1)
             audio += int(mb["wav_lens"].sum())
             frames_padded += mb["wav"].numel()
+        logs = log_floats(logs)  # the models' logs reach the host once per step, not per value
         # Sums over all processes: the step's loss, units and audio (model logs stay this
         # process's: their keys may differ between processes, e.g. a batch with nothing masked).
         totals = acc.reduce(
