@@ -329,7 +329,7 @@ def test_other_manifest_formats_and_cut_spans(small, tmp_path):
     part = CutSet.from_manifests(recordings=recs, supervisions=sups).subset(first=1)
     part = CutSet.from_cuts([c.truncate(duration=c.duration / 2) for c in part])  # keeps the whole supervision
     part.to_file(tmp_path / "half.jsonl.gz")
-    with pytest.raises(SslseqError, match=rf"half.jsonl.gz:1: cut \S+: span 0.000-.* is not inside cut .*"
+    with pytest.raises(SslseqError, match=r"half.jsonl.gz:1: cut \S+: span 0.000-.* is not inside cut .*"
                                           r"trim_to_supervisions"):
         lhotse_to_data_dir(tmp_path / "o", cuts=tmp_path / "half.jsonl.gz")
     assert u in part[0].supervisions[0].id
