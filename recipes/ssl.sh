@@ -28,7 +28,9 @@ train_set=train        # unlabeled pretraining data
 dev_set=dev            # validation during training
 test_sets="dev test"   # decoded and scored in stage 7
 skip_bad=false         # stage 1 leaves out utterances with bad audio (unreadable, NaN, < 25 ms; listed in data/<set>/bad_utts) instead of stopping
-subsets="10min 1h"     # labeled subsets for CTC (durations, Libri-light's names; nested: same seed); tiny: --tiny-subsets
+subsets="10min 1h"     # labeled subsets for CTC (durations, drawn from --labeled-set, nested: same seed; or names the corpus lists in data/labeled_subsets); tiny: --tiny-subsets
+labeled_set=           # the transcribed set the subsets are drawn from; default --train-set
+transcripts=true       # false: the corpus has no transcripts: stages 0-5 run, then the recipe stops with the pretrained encoder (exit 0); stages 6-7 need transcripts
 tiny_subsets=1min      # the labeled subsets with --tiny true
 corpus_opts=           # options of the corpus's local/prepare.sh and local/lm_text.sh (e.g. "--corpus-dir /data/ls"); part of their stage markers
 feat_type=mfcc         # features for the first k-means iteration
@@ -82,9 +84,18 @@ opt_bool lm
 opt_int lm_order 1
 opt_int --optional lm_beam 1
 opt_int --optional lm_decode_beam 1
+# A subset is a duration (drawn in stage 1) or a name the corpus's data/labeled_subsets lists (checked in stage 1).
+is_duration() { [[ "$1" =~ ^([0-9]+\.?[0-9]*)(h|min|s)?$ ]]; }
 for sub in $subsets $tiny_subsets; do
-  [[ "$sub" =~ ^([0-9]+\.?[0-9]*)(h|min|s)?$ ]] || die "--subsets: '$sub' is not a duration (e.g. 10min, 1h, 600s)"
+  is_duration "$sub" || [[ "$sub" =~ ^[A-Za-z][A-Za-z0-9_]*$ ]] ||
+    die "--subsets: '$sub' is neither a duration (e.g. 10min, 1h, 600s) nor a name of data/labeled_subsets (e.g. all)"
 done
+opt_bool transcripts
+labeled_set=${labeled_set:-$train_set}
+if [ "$transcripts" = false ]; then
+  [ "$stage" -le 5 ] || die "--stage $stage: stages 6-7 (CTC fine-tuning, decoding) need transcripts, and this corpus has none"
+  [ "$lm" = false ] || die "--lm true needs transcripts (the LM text), and this corpus has none; use --lm false"
+fi
 
 tiny_overrides=()
 if [ "$tiny" = true ]; then
@@ -124,6 +135,9 @@ if [ "$iterations" -gt 1 ]; then
   [ -f "$iter_config" ] || die "no iteration config $iter_config (--iter-config)"
 fi
 
+if [ "$transcripts" = false ] && [ "$stop_stage" -ge 6 ]; then
+  log "no transcripts: stages $stage-5 run, then the recipe stops with the pretrained encoder (stages 6-7 need transcripts)"
+fi
 mkdir -p "$workdir" && cd "$workdir"
 label_tag=${feat_type}_k${k}
 pretrain_tag=$(basename "$pretrain_config" .yaml); [ "$uses_labels" = false ] || pretrain_tag=${pretrain_tag}_${label_tag}
@@ -131,7 +145,14 @@ pretrain_dir=exp/${pretrain_tag}
 # The data dir of labeled subset $1: one the corpus prepared itself (data/labeled_subsets, written
 # by local/prepare.sh: '<subset> <data dir>' lines, e.g. Libri-light's folds), else one drawn from
 # the train set by duration in stage 1.
-labeled_dir() { local d; d=$(awk -v s="$1" '$1 == s { print $2 }' data/labeled_subsets 2>/dev/null); echo "${d:-${train_set}_$1}"; }
+labeled_dir() {
+  local d; d=$(awk -v s="$1" '$1 == s { print $2 }' data/labeled_subsets 2>/dev/null)
+  [ -n "$d" ] || is_duration "$1" || die "--subsets: '$1' is not a duration, and data/labeled_subsets does not list it"
+  echo "${d:-${labeled_set}_$1}"
+}
+# The corpus's own CTC units (data/units.txt, written by local/prepare.sh: e.g. the letters of a
+# user's language), else the default A-Z; the options that hand them to validation, training and the LM.
+units_opts() { [ ! -f data/units.txt ] || echo "$1data/units.txt"; }
 # The CTC experiment of labeled subset $1 from init $2 (a pretrained dir or none).
 ctc_dir() { if [ "$2" = none ]; then echo "exp/$(basename "$ctc_config" .yaml)_${train_set}_$1_scratch"; else echo "exp/$(basename "$ctc_config" .yaml)_${train_set}_$1_from_$(basename "$2")"; fi; }
 steps_override() { [ -z "$1" ] || echo "optim.max_steps=$1"; }
@@ -249,21 +270,22 @@ fi
 
 # ---------------------------------------------------------------- 1: validate, labeled subset
 if run_stage 1; then
-  log "stage 1: validate data dirs, labeled subsets $subsets"
+  log "stage 1: validate data dirs$([ "$transcripts" = false ] || echo ", labeled subsets $subsets")"
   for set in $all_sets; do
-    sslseq data validate $([ "$skip_bad" = false ] || echo --drop-bad) "data/$set"
+    sslseq data validate $([ "$skip_bad" = false ] || echo --drop-bad) $(units_opts "--units ") "data/$set"
   done
   for sub in $subsets; do
+    [ "$transcripts" = true ] || break  # nothing to fine-tune on
     labeled=$(labeled_dir "$sub")
-    if [ "$labeled" != "${train_set}_$sub" ]; then  # prepared by stage 0: checked, recorded, not drawn
-      sslseq data validate $([ "$skip_bad" = false ] || echo --drop-bad) "data/$labeled"
+    if [ "$labeled" != "${labeled_set}_$sub" ]; then  # prepared by stage 0: checked, recorded, not drawn
+      sslseq data validate $([ "$skip_bad" = false ] || echo --drop-bad) $(units_opts "--units ") "data/$labeled"
       mark_done "data/$labeled" "prepared=$sub data=$(marker_id data)" wav.scp text utt2spk spk2utt utt2dur
       continue
     fi
     opts="subset=$sub seed=$seed data=$(marker_id data)"
-    if stage_todo "data/${train_set}_$sub" "$opts"; then
-      sslseq data subset --duration "$sub" --seed "$seed" "data/$train_set" "data/${train_set}_$sub"
-      mark_done "data/${train_set}_$sub" "$opts" wav.scp text utt2spk spk2utt utt2dur
+    if stage_todo "data/${labeled_set}_$sub" "$opts"; then
+      sslseq data subset --duration "$sub" --seed "$seed" "data/$labeled_set" "data/${labeled_set}_$sub"
+      mark_done "data/${labeled_set}_$sub" "$opts" wav.scp text utt2spk spk2utt utt2dur
     fi
   done
   if [ "$lm" = true ]; then
@@ -274,9 +296,9 @@ if run_stage 1; then
       log "stage 1: LM text without the sentences of $eval_sets, $lm_order-gram LM → data/lm"
       # shellcheck disable=SC2086
       timed "$corpus_dir/local/lm_text.sh" --tiny "$tiny" $corpus_opts data/lm/text $(for set in $eval_sets; do echo "data/$set"; done)
-      sslseq lm check-overlap data/lm/text $(for set in $eval_sets; do echo "data/$set"; done)
+      sslseq lm check-overlap $(units_opts "--units ") data/lm/text $(for set in $eval_sets; do echo "data/$set"; done)
       arpa_opt=(); [ -z "$lm_arpa" ] || arpa_opt=(--arpa "$lm_arpa")
-      timed sslseq lm build --order "$lm_order" --dev "data/$dev_set" "${arpa_opt[@]}" data/lm/text data/lm
+      timed sslseq lm build --order "$lm_order" --dev "data/$dev_set" "${arpa_opt[@]}" $(units_opts "--units ") data/lm/text data/lm
       mark_done data/lm "$opts" text text.yaml lm.arpa lm.yaml lexicon.txt units.txt
     fi
   fi
@@ -321,6 +343,11 @@ if run_stage 5 && [ "$iterations" -gt 1 ]; then
 fi
 
 # ---------------------------------------------------------------- 6: CTC fine-tuning
+if [ "$transcripts" = false ] && [ "$stop_stage" -ge 6 ]; then
+  log "no transcripts: stages 6-7 (CTC fine-tuning, decoding) are not run; the trained encoder is $(pwd)/$final_pretrain_dir" \
+    "(to fine-tune it, rerun with transcripts of some of the audio: egs/custom/run.sh --text FILE)"
+  exit 0
+fi
 if run_stage 6; then
   for sub in $subsets; do
     labeled=$(labeled_dir "$sub")
@@ -330,9 +357,10 @@ if run_stage 6; then
       init_id=none; [ "$init" = none ] || init_id=$(marker_id "$init")
       config_id=$(sslseq config digest "$ctc_config")
       opts="config=$config_id steps=$ctc_steps tiny=$tiny seed=$seed init=$init_id data=$(marker_id "data/$labeled")"
+      [ ! -f data/units.txt ] || opts="$opts units=$(md5sum < data/units.txt | cut -c1-12)"
       if stage_todo "$out" "$opts"; then
         train "$out" "$ctc_config" init="$init" seed="$seed" device="$device" \
-          data.train="data/$labeled" data.valid="data/$dev_set" $(steps_override "$ctc_steps") "${tiny_overrides[@]}"
+          data.train="data/$labeled" data.valid="data/$dev_set" $(units_opts data.units=) $(steps_override "$ctc_steps") "${tiny_overrides[@]}"
         mark_done "$out" "$opts" $model_files units.txt
       fi
     done
