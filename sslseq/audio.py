@@ -151,7 +151,8 @@ def read_audio(
         raise _mono_error(where, spec, data.shape[1])
     x = data.mean(axis=1, dtype=np.float32) if data.shape[1] != 1 else data[:, 0]
     if not np.isfinite(x).all():
-        raise SslseqError(f"{_prefix(where)}audio contains NaN or infinite samples; re-create the file")
+        named = "" if is_pipe(spec) else f" ({spec})"
+        raise SslseqError(f"{_prefix(where)}audio contains NaN or infinite samples{named}; re-create the file")
     if sr != sample_rate:
         if not resample:
             raise SslseqError(

@@ -46,3 +46,24 @@ def write_transcripts(path: Path, texts: dict[str, str]) -> Path:
         lines.append(f"{key} {t.capitalize()}.\n")
     path.write_text("".join(lines), encoding="utf-8")
     return path
+
+
+# Spanish sentences, so the units hold letters outside A-Z (Ñ, Á, É, Í, Ó) and the recipe must keep them.
+SPANISH = ["el niño come pan con su mamá", "la canción del corazón es bonita", "mañana será otro día en el campo",
+           "el árbol está junto al río", "qué pasó ayer en la montaña", "mi niña canta una canción"]
+
+
+def add_espeak_speaker(out: Path, spk: str, voice: str, sentences: list[str], sample_rate: int = 22050) -> dict[str, str]:
+    """``out/<spk>/<spk>-<n>.flac`` read by espeak-ng's ``voice`` (its own rate, mono); relative path -> sentence."""
+    import io
+    import subprocess
+
+    texts = {}
+    (out / spk).mkdir(parents=True, exist_ok=True)
+    for n, t in enumerate(sentences):
+        wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", t], capture_output=True, check=True).stdout
+        x, sr = sf.read(io.BytesIO(wav), dtype="float32")
+        rel = f"{spk}/{spk}-{n:02d}.flac"
+        sf.write(out / rel, soxr.resample(x, sr, sample_rate).astype(np.float32), sample_rate, format="FLAC")
+        texts[rel] = t
+    return texts
