@@ -88,7 +88,7 @@ opt_int --optional lm_decode_beam 1
 is_duration() { [[ "$1" =~ ^([0-9]+\.?[0-9]*)(h|min|s)?$ ]]; }
 for sub in $subsets $tiny_subsets; do
   is_duration "$sub" || [[ "$sub" =~ ^[A-Za-z][A-Za-z0-9_]*$ ]] ||
-    die "--subsets: '$sub' is neither a duration (e.g. 10min, 1h, 600s) nor a name of data/labeled_subsets (e.g. all)"
+    die "--subsets: '$sub' is not a duration (e.g. 10min, 1h, 600s), nor a name that data/labeled_subsets may list (e.g. all)"
 done
 opt_bool transcripts
 labeled_set=${labeled_set:-$train_set}
