@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
     *) args+=("$1"); shift ;;
   esac
 done
-case " ${args[*]-} " in *" --help "*|*" -h "*) sed -n '2,23p' "$0"; cd "$here"; exec ../../recipes/ssl.sh --help ;; esac
+case " ${args[*]-} " in *" --help "*|*" -h "*) awk 'NR > 1 && /^#/ { print } /^set /{ exit }' "$0"; cd "$here"; exec ../../recipes/ssl.sh --help ;; esac
 [ -n "$audio" ] || { echo "$0: --audio-dir DIR is needed (a folder of audio files, searched recursively)" >&2; exit 1; }
 [ -d "$audio" ] || { echo "$0: --audio-dir '$audio': not a directory" >&2; exit 1; }
 case "$spk_from" in dir|none) ;; *) echo "$0: --spk-from '$spk_from': must be dir or none" >&2; exit 1 ;; esac
