@@ -28,7 +28,9 @@ train_set=train        # unlabeled pretraining data
 dev_set=dev            # validation during training
 test_sets="dev test"   # decoded and scored in stage 7
 skip_bad=false         # stage 1 leaves out utterances with bad audio (unreadable, NaN, < 25 ms; listed in data/<set>/bad_utts) instead of stopping
-subsets="10min 1h"     # labeled subsets for CTC (durations, Libri-light's names; nested: same seed); tiny: --tiny-subsets
+subsets="10min 1h"     # labeled subsets for CTC (durations, drawn from --labeled-set, nested: same seed; or names the corpus lists in data/labeled_subsets); tiny: --tiny-subsets
+labeled_set=           # the transcribed set the subsets are drawn from; default --train-set
+transcripts=true       # false: the corpus has no transcripts: stages 0-5 run, then the recipe stops with the pretrained encoder (exit 0); stages 6-7 need transcripts
 tiny_subsets=1min      # the labeled subsets with --tiny true
 corpus_opts=           # options of the corpus's local/prepare.sh and local/lm_text.sh (e.g. "--corpus-dir /data/ls"); part of their stage markers
 feat_type=mfcc         # features for the first k-means iteration
@@ -38,7 +40,7 @@ iterations=1           # HuBERT iterations: 2+ runs stage 5 (layer features → 
 iter_config=           # layer and K of each iteration after the first; default recipes/conf/hubert_iterations.yaml
 pretrain_config=       # pretraining YAML; default recipes/conf/pretrain_${model}_cpu.yaml (fbank → 25 Hz, 2-core sized)
 ctc_config=            # default: recipes/conf/ctc_${model}_cpu.yaml if there is one, else ctc_cpu.yaml
-units=chars            # CTC output units: chars (letters, apostrophe, | between words) or bpeN (SentencePiece BPE of N pieces learnt in stage 1 from the train set's transcripts: data/lang_bpeN)
+units=chars            # CTC output units: chars (letters, apostrophe, | between words; or the corpus's data/units.txt) or bpeN (SentencePiece BPE of N pieces learnt in stage 1 from the labeled set's transcripts: data/lang_bpeN)
 pretrain_steps=        # override optim.max_steps of the pretraining config
 ctc_steps=             # override optim.max_steps of the CTC config
 lm=true                # word n-gram LM decoding: LM built in stage 1 (data/lm, dev/test sentences excluded), weights tuned on --dev-set, then every test set decoded with them in stage 7
@@ -83,9 +85,18 @@ opt_bool lm
 opt_int lm_order 1
 opt_int --optional lm_beam 1
 opt_int --optional lm_decode_beam 1
+# A subset is a duration (drawn in stage 1) or a name the corpus's data/labeled_subsets lists (checked in stage 1).
+is_duration() { [[ "$1" =~ ^([0-9]+\.?[0-9]*)(h|min|s)?$ ]]; }
 for sub in $subsets $tiny_subsets; do
-  [[ "$sub" =~ ^([0-9]+\.?[0-9]*)(h|min|s)?$ ]] || die "--subsets: '$sub' is not a duration (e.g. 10min, 1h, 600s)"
+  is_duration "$sub" || [[ "$sub" =~ ^[A-Za-z][A-Za-z0-9_]*$ ]] ||
+    die "--subsets: '$sub' is not a duration (e.g. 10min, 1h, 600s), nor a name that data/labeled_subsets may list (e.g. all)"
 done
+opt_bool transcripts
+labeled_set=${labeled_set:-$train_set}
+if [ "$transcripts" = false ]; then
+  [ "$stage" -le 5 ] || die "--stage $stage: stages 6-7 (CTC fine-tuning, decoding) need transcripts, and this corpus has none"
+  [ "$lm" = false ] || die "--lm true needs transcripts (the LM text), and this corpus has none; use --lm false"
+fi
 
 tiny_overrides=()
 if [ "$tiny" = true ]; then
@@ -126,6 +137,9 @@ if [ "$iterations" -gt 1 ]; then
   [ -f "$iter_config" ] || die "no iteration config $iter_config (--iter-config)"
 fi
 
+if [ "$transcripts" = false ] && [ "$stop_stage" -ge 6 ]; then
+  log "no transcripts: stages $stage-5 run, then the recipe stops with the pretrained encoder (stages 6-7 need transcripts)"
+fi
 mkdir -p "$workdir" && cd "$workdir"
 label_tag=${feat_type}_k${k}
 pretrain_tag=$(basename "$pretrain_config" .yaml); [ "$uses_labels" = false ] || pretrain_tag=${pretrain_tag}_${label_tag}
@@ -136,7 +150,14 @@ if [ "$units" != chars ]; then units_tag=_$units; units_file=data/lang_$units/bp
 # The data dir of labeled subset $1: one the corpus prepared itself (data/labeled_subsets, written
 # by local/prepare.sh: '<subset> <data dir>' lines, e.g. Libri-light's folds), else one drawn from
 # the train set by duration in stage 1.
-labeled_dir() { local d; d=$(awk -v s="$1" '$1 == s { print $2 }' data/labeled_subsets 2>/dev/null); echo "${d:-${train_set}_$1}"; }
+labeled_dir() {
+  local d; d=$(awk -v s="$1" '$1 == s { print $2 }' data/labeled_subsets 2>/dev/null)
+  [ -n "$d" ] || is_duration "$1" || die "--subsets: '$1' is not a duration, and data/labeled_subsets does not list it"
+  echo "${d:-${labeled_set}_$1}"
+}
+# The corpus's own CTC units (data/units.txt, written by local/prepare.sh: e.g. the letters of a
+# user's language), else the default A-Z; the options that hand them to validation, training and the LM.
+units_opts() { [ ! -f data/units.txt ] || echo "$1data/units.txt"; }
 # The CTC experiment of labeled subset $1 from init $2 (a pretrained dir or none).
 ctc_dir() { if [ "$2" = none ]; then echo "exp/$(basename "$ctc_config" .yaml)${units_tag}_${train_set}_$1_scratch"; else echo "exp/$(basename "$ctc_config" .yaml)${units_tag}_${train_set}_$1_from_$(basename "$2")"; fi; }
 steps_override() { [ -z "$1" ] || echo "optim.max_steps=$1"; }
@@ -254,28 +275,29 @@ fi
 
 # ---------------------------------------------------------------- 1: validate, labeled subset
 if run_stage 1; then
-  log "stage 1: validate data dirs, labeled subsets $subsets"
+  log "stage 1: validate data dirs$([ "$transcripts" = false ] || echo ", labeled subsets $subsets")"
   for set in $all_sets; do
-    sslseq data validate $([ "$skip_bad" = false ] || echo --drop-bad) "data/$set"
+    sslseq data validate $([ "$skip_bad" = false ] || echo --drop-bad) $(units_opts "--units ") "data/$set"
   done
   for sub in $subsets; do
+    [ "$transcripts" = true ] || break  # nothing to fine-tune on
     labeled=$(labeled_dir "$sub")
-    if [ "$labeled" != "${train_set}_$sub" ]; then  # prepared by stage 0: checked, recorded, not drawn
-      sslseq data validate $([ "$skip_bad" = false ] || echo --drop-bad) "data/$labeled"
+    if [ "$labeled" != "${labeled_set}_$sub" ]; then  # prepared by stage 0: checked, recorded, not drawn
+      sslseq data validate $([ "$skip_bad" = false ] || echo --drop-bad) $(units_opts "--units ") "data/$labeled"
       mark_done "data/$labeled" "prepared=$sub data=$(marker_id data)" wav.scp text utt2spk spk2utt utt2dur
       continue
     fi
     opts="subset=$sub seed=$seed data=$(marker_id data)"
-    if stage_todo "data/${train_set}_$sub" "$opts"; then
-      sslseq data subset --duration "$sub" --seed "$seed" "data/$train_set" "data/${train_set}_$sub"
-      mark_done "data/${train_set}_$sub" "$opts" wav.scp text utt2spk spk2utt utt2dur
+    if stage_todo "data/${labeled_set}_$sub" "$opts"; then
+      sslseq data subset --duration "$sub" --seed "$seed" "data/$labeled_set" "data/${labeled_set}_$sub"
+      mark_done "data/${labeled_set}_$sub" "$opts" wav.scp text utt2spk spk2utt utt2dur
     fi
   done
   if [ -n "$units_file" ]; then
     opts="units=$units data=$(marker_id data)"
     if stage_todo "$(dirname "$units_file")" "$opts"; then
-      log "stage 1: ${units#bpe} BPE units from the transcripts of data/$train_set → $(dirname "$units_file")"
-      sslseq data bpe --vocab-size "${units#bpe}" "data/$train_set" "$(dirname "$units_file")"
+      log "stage 1: ${units#bpe} BPE units from the transcripts of data/$labeled_set → $(dirname "$units_file")"
+      sslseq data bpe --vocab-size "${units#bpe}" "data/$labeled_set" "$(dirname "$units_file")"
       mark_done "$(dirname "$units_file")" "$opts" bpe.model units.txt
     fi
   fi
@@ -288,9 +310,10 @@ if run_stage 1; then
       log "stage 1: LM text without the sentences of $eval_sets, $lm_order-gram LM → $lm_dir"
       # shellcheck disable=SC2086
       timed "$corpus_dir/local/lm_text.sh" --tiny "$tiny" $corpus_opts "$lm_dir/text" $(for set in $eval_sets; do echo "data/$set"; done)
-      sslseq lm check-overlap "$lm_dir/text" $(for set in $eval_sets; do echo "data/$set"; done)
+      sslseq lm check-overlap $(units_opts "--units ") "$lm_dir/text" $(for set in $eval_sets; do echo "data/$set"; done)
       arpa_opt=(); [ -z "$lm_arpa" ] || arpa_opt=(--arpa "$lm_arpa")
-      [ -z "$units_file" ] || arpa_opt+=(--units "$units_file")  # the lexicon spelled in BPE pieces
+      # the lexicon spelled in the CTC units: BPE pieces (--units bpeN), the corpus's own letters, or A-Z
+      if [ -n "$units_file" ]; then arpa_opt+=(--units "$units_file"); else arpa_opt+=($(units_opts "--units ")); fi
       timed sslseq lm build --order "$lm_order" --dev "data/$dev_set" "${arpa_opt[@]}" "$lm_dir/text" "$lm_dir"
       mark_done "$lm_dir" "$opts" text text.yaml lm.arpa lm.yaml lexicon.txt units.txt
     fi
@@ -336,6 +359,11 @@ if run_stage 5 && [ "$iterations" -gt 1 ]; then
 fi
 
 # ---------------------------------------------------------------- 6: CTC fine-tuning
+if [ "$transcripts" = false ] && [ "$stop_stage" -ge 6 ]; then
+  log "no transcripts: stages 6-7 (CTC fine-tuning, decoding) are not run; the trained encoder is $(pwd)/$final_pretrain_dir" \
+    "(to fine-tune it, rerun with transcripts of some of the audio: egs/custom/run.sh --text FILE)"
+  exit 0
+fi
 if run_stage 6; then
   for sub in $subsets; do
     labeled=$(labeled_dir "$sub")
@@ -345,10 +373,13 @@ if run_stage 6; then
       init_id=none; [ "$init" = none ] || init_id=$(marker_id "$init")
       config_id=$(sslseq config digest "$ctc_config")
       opts="config=$config_id steps=$ctc_steps tiny=$tiny seed=$seed init=$init_id data=$(marker_id "data/$labeled")"
-      units_opt=(); [ -z "$units_file" ] || { opts="$opts units=$(marker_id "$(dirname "$units_file")")"; units_opt=(data.units="$units_file"); }
+      [ ! -f data/units.txt ] || opts="$opts units=$(md5sum < data/units.txt | cut -c1-12)"
+      # BPE pieces (--units bpeN) or the corpus's own letters (data/units.txt), else A-Z
+      units_opt=($(units_opts data.units=))
+      [ -z "$units_file" ] || { opts="$opts bpe=$(marker_id "$(dirname "$units_file")")"; units_opt=(data.units="$units_file"); }
       if stage_todo "$out" "$opts"; then
         train "$out" "$ctc_config" init="$init" seed="$seed" device="$device" \
-          data.train="data/$labeled" data.valid="data/$dev_set" "${units_opt[@]}" $(steps_override "$ctc_steps") "${tiny_overrides[@]}"
+          data.train="data/$labeled" data.valid="data/$dev_set" ${units_opt[@]+"${units_opt[@]}"} $(steps_override "$ctc_steps") "${tiny_overrides[@]}"
         mark_done "$out" "$opts" $model_files units.txt $([ -z "$units_file" ] || echo bpe.model)
       fi
     done

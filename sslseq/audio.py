@@ -138,15 +138,21 @@ def _warn_resample(spec: str, where: str, sr: int, target: int) -> None:
 
 
 def read_audio(
-    spec: str, *, sample_rate: int = 16000, allow_pipes: bool = False, resample: bool = True, where: str = ""
+    spec: str, *, sample_rate: int = 16000, allow_pipes: bool = False, resample: bool = True, where: str = "",
+    downmix: bool = False, warn_resample: bool = True,
 ) -> np.ndarray:
-    """Float32 mono 1-D samples in [-1, 1] at ``sample_rate`` from a path or a ``cmd |`` pipe."""
+    """Float32 mono 1-D samples in [-1, 1] at ``sample_rate`` from a path or a ``cmd |`` pipe.
+
+    Audio of several channels is an error unless ``downmix`` (the channels' mean; the caller says
+    so: corpus preparation warns naming the file). ``warn_resample``: log the resampling (the
+    readers of data dirs do; a caller that reports it itself does not)."""
     data, sr = _decode(spec, allow_pipes=allow_pipes, where=where)
-    if data.shape[1] != 1:
+    if data.shape[1] != 1 and not downmix:
         raise _mono_error(where, spec, data.shape[1])
-    x = data[:, 0]
+    x = data.mean(axis=1, dtype=np.float32) if data.shape[1] != 1 else data[:, 0]
     if not np.isfinite(x).all():
-        raise SslseqError(f"{_prefix(where)}audio contains NaN or infinite samples; re-create the file")
+        named = "" if is_pipe(spec) else f" ({spec})"
+        raise SslseqError(f"{_prefix(where)}audio contains NaN or infinite samples{named}; re-create the file")
     if sr != sample_rate:
         if not resample:
             raise SslseqError(
@@ -155,7 +161,8 @@ def read_audio(
             )
         import soxr
 
-        _warn_resample(spec, where, sr, sample_rate)
+        if warn_resample:
+            _warn_resample(spec, where, sr, sample_rate)
         x = soxr.resample(x, sr, sample_rate, quality="HQ").astype(np.float32, copy=False)
     # Float formats may exceed full scale; the models expect [-1, 1].
     return np.clip(x, -1.0, 1.0)

@@ -59,6 +59,14 @@ def cmd_corpus_librispeech(a: argparse.Namespace) -> None:
                         finetune=not a.no_finetune)
 
 
+def cmd_corpus_custom(a: argparse.Namespace) -> None:
+    from sslseq.data.custom import prepare_custom
+
+    prepare_custom(Path(a.audio_dir), Path(a.data_dir), Path(a.copy_dir), text=Path(a.text) if a.text else None,
+                   spk_from=a.spk_from, split=a.split, dev_size=a.dev_size, test_size=a.test_size, seed=a.seed,
+                   min_char_count=a.min_char_count, units=Path(a.units) if a.units else None, nj=a.nj)
+
+
 def cmd_corpus_lm_text(a: argparse.Namespace) -> None:
     from sslseq.data.synth import lm_sentences
     from sslseq.lm.corpus import write_lm_text
@@ -69,13 +77,14 @@ def cmd_corpus_lm_text(a: argparse.Namespace) -> None:
 def cmd_lm_text(a: argparse.Namespace) -> None:
     from sslseq.lm.corpus import source_lines, write_lm_text
 
-    write_lm_text(source_lines([Path(p) for p in a.sources]), Path(a.out), [Path(d) for d in a.exclude])
+    write_lm_text(source_lines([Path(p) for p in a.sources]), Path(a.out), [Path(d) for d in a.exclude],
+                  units=Path(a.units) if a.units else None)
 
 
 def cmd_lm_check_overlap(a: argparse.Namespace) -> None:
     from sslseq.lm.corpus import check_overlap
 
-    n = check_overlap(Path(a.lm_text), [Path(d) for d in a.data_dirs])
+    n = check_overlap(Path(a.lm_text), [Path(d) for d in a.data_dirs], units=Path(a.units) if a.units else None)
     print(f"{a.lm_text}: OK ({n} lines, none holds a sentence of {' '.join(a.data_dirs)})")
 
 
@@ -356,6 +365,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("corpus_dir", help="holds LibriSpeech/<set>/ and librispeech_finetuning/")
     s.add_argument("data_dir")
 
+    s = verb(corpus, "custom", cmd_corpus_custom, "make Kaldi data dirs (train, dev, test; train_labeled and units.txt "
+             "with --text) from a folder of audio in any format and sample rate (not 16 kHz mono: a 16 kHz mono copy)")
+    s.add_argument("--text", default=None, help="'<file or utt id> <transcript>' lines for the labeled part")
+    s.add_argument("--spk-from", default="dir", help="speaker: the dir holding the file, or none")
+    s.add_argument("--split", default="auto", help="held-out dev/test: speaker (whole speakers), random (random "
+                   "utterances), none (the folder's own dev/ and test/ subdirs); auto: speaker if 3+ speakers")
+    s.add_argument("--dev-size", type=float, default=0.1, help="a fraction, or a number of speakers/utterances")
+    s.add_argument("--test-size", type=float, default=0.1, help="as --dev-size; 0: no test set")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--min-char-count", type=int, default=10, help="warn about characters seen fewer times")
+    s.add_argument("--units", default=None, help="a units file the transcripts must fit (default: their characters)")
+    s.add_argument("--nj", type=int, default=1, help="files converted in parallel")
+    s.add_argument("audio_dir")
+    s.add_argument("copy_dir", help="where 16 kHz mono copies go (COPY_DIR/audio/)")
+    s.add_argument("data_dir")
+
     s = verb(corpus, "lm-text", cmd_corpus_lm_text, "normalised LM text of the embedded corpus's source (the KJV), "
              "without any line that is or contains a sentence of the --exclude data dirs")
     s.add_argument("--exclude", action="append", required=True, metavar="DATA_DIR",
@@ -381,8 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--from", dest="sources", action="append", required=True, metavar="PATH",
                    help="a data dir (its text, ids dropped) or a file of sentences, one a line (repeatable)")
     s.add_argument("--exclude", action="append", required=True, metavar="DATA_DIR", help="repeat it for each eval set")
+    s.add_argument("--units", default=None, help="the CTC units file the text is normalised for (default: A-Z, apostrophe, |)")
     s.add_argument("out", help="text file to write (and OUT.yaml with the counts)")
     s = verb(lm, "check-overlap", cmd_lm_check_overlap, "fail if a line of the LM text is or contains a sentence of the data dirs")
+    s.add_argument("--units", default=None, help="the units file the sentences are normalised for (as for lm text)")
     s.add_argument("lm_text")
     s.add_argument("data_dirs", nargs="+")
     from sslseq.asr.lm_tune import DEFAULT_BEAM, DEFAULT_LM_WEIGHTS, DEFAULT_WORD_SCORES

@@ -32,15 +32,17 @@ def _pad(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return batch, lens
 
 
-def _normalized_refs(data_dir: Path, text: dict[str, str], out_dir: Path) -> Path:
+def _normalized_refs(data_dir: Path, text: dict[str, str], out_dir: Path, units: list[str]) -> Path:
     """The data dir's ``text``, or a normalised copy in ``out_dir`` if it is not normalised.
 
     Hypotheses are always normalised (upper case letters and apostrophes), so a raw
-    transcript with case or punctuation would otherwise count as errors.
+    transcript with case or punctuation would otherwise count as errors. The normalization is
+    the model's units' (``normalize_for``): a corpus's own letters are not folded to A-Z.
     """
-    from sslseq.data.text import normalize_text
+    from sslseq.data.text import normalize_for
 
-    norm = {u: normalize_text(t) for u, t in text.items()}
+    normalize = normalize_for(units)
+    norm = {u: normalize(t) for u, t in text.items()}
     if all(" ".join(t.split()) == norm[u] for u, t in text.items()):
         (out_dir / "ref.txt").unlink(missing_ok=True)  # a stale copy from an earlier run would mislead
         return data_dir / "text"
@@ -240,7 +242,7 @@ def decode_data_dir(
     ref = None
     result = None
     if data.text:
-        ref = _normalized_refs(data_dir, data.text, out_dir)
+        ref = _normalized_refs(data_dir, data.text, out_dir, tokenizer.units)
         result = score_files(ref, hyp_path, out_dir)
         log.info("%s:\n%s", out_dir, result.summary())
     else:

@@ -13,6 +13,7 @@ import re
 import string
 import unicodedata
 from pathlib import Path
+from typing import Callable
 
 from sslseq.utils import SslseqError, atomic_write_text
 
@@ -63,6 +64,33 @@ def read_units(path: str | os.PathLike) -> list[str]:
             raise SslseqError(f"{path}:{no}: empty line in units file; remove it")
         units.append(unit)
     return units
+
+
+def _upper1(c: str) -> str:
+    """``c`` upper-cased where its capital is one letter (so German ß stays ß, not SS)."""
+    u = c.upper()
+    return u if len(u) == 1 else c
+
+
+def normalize_letters(s: str) -> str:
+    """A language-neutral normalization for a corpus whose units are its own letters.
+
+    NFKC (full-width and compatibility forms folded), letters upper-cased where they have a
+    one-letter capital; letters of any script (Unicode L*) and their combining marks (M*) are
+    kept, accents included (ÉTÉ stays ÉTÉ); an apostrophe only inside a word; digits,
+    punctuation and symbols become spaces, as in ``normalize_text``.
+    """
+    s = unicodedata.normalize("NFKC", s.translate(_APOSTROPHES))
+    kept = "".join(_upper1(c) if unicodedata.category(c)[0] in "LM" else ("'" if c == "'" else " ") for c in s)
+    words = (re.sub("'+", "'", w.strip("'")) for w in kept.split())
+    return " ".join(w for w in words if w)
+
+
+def normalize_for(units: list[str]) -> Callable[[str], str]:
+    """The normalization of transcripts for a unit set: ``normalize_text`` (English, A-Z) for the
+    default units, ``normalize_letters`` for any other (a corpus's own letters, e.g. ``sslseq
+    corpus custom``'s ``units.txt``), so references, LM text and hypotheses agree."""
+    return normalize_text if list(units) == DEFAULT_UNITS else normalize_letters
 
 
 class CharTokenizer:

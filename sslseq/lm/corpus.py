@@ -4,18 +4,19 @@ A dev or test sentence is *in* an LM text when a line equals it, or, for sentenc
 least ``CONTAINED_MIN_WORDS`` words, when a line contains it as a run of whole words (the
 LM would then have seen every n-gram of the sentence). ``write_lm_text`` drops such lines;
 ``check_overlap`` fails on any. Both read the sentences from the data dirs' ``text`` files,
-normalised as transcripts are (``sslseq.data.text.normalize_text``).
+normalised as transcripts are for the unit set (``sslseq.data.text.normalize_for``: A-Z for the
+default units, a corpus's own letters for its ``units.txt``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import yaml
 
-from sslseq.data.text import DEFAULT_UNITS, CharTokenizer, normalize_text
+from sslseq.data.text import DEFAULT_UNITS, CharTokenizer, normalize_for, normalize_text
 from sslseq.utils import SslseqError, atomic_write_text, get_logger
 
 log = get_logger(__name__)
@@ -24,7 +25,7 @@ CONTAINED_MIN_WORDS = 4  # shorter sentences ("AMEN") count only as whole lines
 _SHOWN = 5
 
 
-def eval_sentences(data_dirs: list[Path]) -> dict[str, str]:
+def eval_sentences(data_dirs: list[Path], normalize: Callable[[str], str] = normalize_text) -> dict[str, str]:
     """Normalised sentence -> where it comes from (``data/dev/text:12``) for every data dir."""
     out: dict[str, str] = {}
     for d in data_dirs:
@@ -34,7 +35,7 @@ def eval_sentences(data_dirs: list[Path]) -> dict[str, str]:
         for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             parts = line.split(maxsplit=1)
             if len(parts) == 2:
-                s = normalize_text(parts[1])
+                s = normalize(parts[1])
                 if s:
                     out.setdefault(s, f"{path}:{no}")
     return out
@@ -81,28 +82,36 @@ class _Index:
         return None
 
 
-def write_lm_text(lines: Iterable[str], out: Path, exclude_dirs: list[Path]) -> dict:
+def _tokenizer(units: Path | None) -> CharTokenizer:
+    return CharTokenizer.from_file(units) if units else CharTokenizer(DEFAULT_UNITS)
+
+
+def write_lm_text(lines: Iterable[str], out: Path, exclude_dirs: list[Path], units: Path | None = None) -> dict:
     """Normalise ``lines`` and write those that hold no sentence of ``exclude_dirs`` to ``out``.
 
-    Also writes ``out`` + ``.yaml`` (counts, which sets were excluded). Returns those counts.
+    ``units``: the CTC units file (default A-Z, apostrophe): lines are normalised for it
+    (``normalize_for``) and must be spellable in it. Also writes ``out`` + ``.yaml`` (counts,
+    which sets were excluded). Returns those counts.
     """
     out = Path(out)
     if not exclude_dirs:
         raise SslseqError("no data dirs to exclude: pass the dev and test data dirs (their sentences must stay out of the LM)")
-    held_out = eval_sentences(exclude_dirs)
+    tok = _tokenizer(units)
+    normalize = normalize_for(tok.units)
+    held_out = eval_sentences(exclude_dirs, normalize)
     index = _Index.build(held_out)
-    tok = CharTokenizer(DEFAULT_UNITS)
     kept: list[str] = []
     n_in = n_exact = n_contained = 0
     matched: set[str] = set()
     for raw in lines:
-        line = normalize_text(raw)
+        line = normalize(raw)
         if not line:
             continue
         n_in += 1
         bad = tok.check_text(line)
         if bad:  # normalize_text keeps only units; a new unit set must change both
-            raise SslseqError(f"LM text line {line!r} has characters {bad} outside the unit set")
+            raise SslseqError(f"LM text line {line!r} has characters {bad} outside the unit set"
+                              f"{f' of {units}' if units else ' (A-Z, apostrophe; --units FILE for others)'}")
         hit = index.match(line)
         if hit is None:
             kept.append(line)
@@ -136,12 +145,13 @@ def write_lm_text(lines: Iterable[str], out: Path, exclude_dirs: list[Path]) -> 
     return info
 
 
-def check_overlap(lm_text: Path, data_dirs: list[Path]) -> int:
-    """Raise if a line of ``lm_text`` is or contains a sentence of ``data_dirs``; returns the lines checked."""
+def check_overlap(lm_text: Path, data_dirs: list[Path], units: Path | None = None) -> int:
+    """Raise if a line of ``lm_text`` is or contains a sentence of ``data_dirs`` (normalised for
+    ``units``, as ``write_lm_text`` does); returns the lines checked."""
     lm_text = Path(lm_text)
     if not lm_text.is_file():
         raise SslseqError(f"{lm_text}: LM text not found (write it with 'sslseq corpus lm-text' or the corpus's local/lm_text.sh)")
-    held_out = eval_sentences(data_dirs)
+    held_out = eval_sentences(data_dirs, normalize_for(_tokenizer(units).units))
     index = _Index.build(held_out)
     hits: list[str] = []
     n = 0

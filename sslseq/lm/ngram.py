@@ -213,13 +213,14 @@ def perplexity(lm_dir: Path, text: Path) -> dict:
         text = text / "text"
     if not text.is_file():
         raise SslseqError(f"{text}: Kaldi text file to compute the perplexity on not found")
-    from sslseq.data.text import normalize_text
+    from sslseq.data.text import normalize_for
 
+    normalize = normalize_for(lm.units)  # the LM's own units: a corpus's letters stay
     scorer = _ArpaScorer(lm.arpa, list(lm.lexicon))
     logp, tokens, oov, words, sents = 0.0, 0, 0, 0, 0
     for line in text.read_text(encoding="utf-8").splitlines():
         parts = line.split(maxsplit=1)
-        ws = normalize_text(parts[1]).split() if len(parts) == 2 else []
+        ws = normalize(parts[1]).split() if len(parts) == 2 else []
         if not ws:
             continue
         lp, n, o = scorer.sentence(ws)
