@@ -39,7 +39,7 @@ model=hubert           # SSL family to pretrain
 iterations=1           # HuBERT iterations: 2+ runs stage 5 (layer features → k-means → pretrain again)
 iter_config=           # layer and K of each iteration after the first; default recipes/conf/hubert_iterations.yaml
 pretrain_config=       # pretraining YAML; default recipes/conf/pretrain_${model}_cpu.yaml (fbank → 25 Hz, 2-core sized)
-ctc_config=            # default: recipes/conf/ctc_${model}_cpu.yaml if there is one, else ctc_cpu.yaml
+ctc_config=            # default: the pretrained family's (sslseq config default-ctc: ctc_w2vbert_cpu.yaml for w2v-BERT, else ctc_cpu.yaml)
 units=chars            # CTC output units: chars (letters, apostrophe, | between words; or the corpus's data/units.txt) or bpeN (SentencePiece BPE of N pieces learnt in stage 1 from the labeled set's transcripts: data/lang_bpeN)
 pretrain_steps=        # override optim.max_steps of the pretraining config
 ctc_steps=             # override optim.max_steps of the CTC config
@@ -120,11 +120,12 @@ if [ "$lm" = true ] && [ ! -x "$corpus_dir/local/lm_text.sh" ]; then
 fi
 [ -n "$subsets" ] || die "--subsets: at least one labeled subset is needed (e.g. --subsets \"10min 1h\")"
 pretrain_config=${pretrain_config:-$root_dir/recipes/conf/pretrain_${model}_cpu.yaml}
-# ctc_cpu.yaml's encoder section (init=none) is model_hubert_cpu's; other layouts bring their own.
-default_ctc=$root_dir/recipes/conf/ctc_${model}_cpu.yaml
-[ -f "$default_ctc" ] || default_ctc=$root_dir/recipes/conf/ctc_cpu.yaml
-ctc_config=${ctc_config:-$default_ctc}
 [ -f "$pretrain_config" ] || die "no pretraining config $pretrain_config (--model $model, --pretrain-config)"
+# The CTC config's encoder section (init=none, the from-scratch runs) has the pretrained family's
+# layout: the model registry names it.
+if [ -z "$ctc_config" ]; then
+  ctc_config=$root_dir/recipes/conf/$(sslseq config default-ctc "$pretrain_config") || die "cannot read the model of $pretrain_config"
+fi
 [ -f "$ctc_config" ] || die "no CTC config $ctc_config (--ctc-config)"
 # --cmd slurm: tools/run_jobs.sh takes its job options from the corpus's conf/slurm.conf if it has one.
 if [ -f "$corpus_dir/conf/slurm.conf" ]; then export SSLSEQ_SLURM_JOB_CONF=${SSLSEQ_SLURM_JOB_CONF:-$corpus_dir/conf/slurm.conf}; fi

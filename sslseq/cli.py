@@ -275,11 +275,15 @@ def cmd_config_digest(a: argparse.Namespace) -> None:
     print(config_digest(a.file))
 
 
-def cmd_config_needs_labels(a: argparse.Namespace) -> None:
-    from sslseq.train.config import pretrain_needs_labels, resolve_train_config
+def cmd_config_family_fact(a: argparse.Namespace) -> None:
+    from sslseq.models import family_fact
+    from sslseq.train.config import resolve_train_config
 
-    # The model registry knows which families learn from k-means labels; the recipe asks here.
-    print(str(pretrain_needs_labels(resolve_train_config(a.file))).lower())
+    # The model registry knows each family's facts (k-means labels or not, its CTC recipe); the
+    # recipe asks here instead of testing model names in shell.
+    cfg = resolve_train_config(a.file)
+    value = family_fact(cfg.model if isinstance(cfg.model, dict) else {}, a.fact)
+    print(str(value).lower() if isinstance(value, bool) else value)
 
 
 def cmd_config_get(a: argparse.Namespace) -> None:
@@ -555,9 +559,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("key", help="dotted path; list items by index, e.g. iterations.0.layer")
     s = verb(cfg, "digest", cmd_config_digest, "fingerprint of a training YAML and the model_config it includes (stage markers)")
     s.add_argument("file")
-    s = verb(cfg, "needs-labels", cmd_config_needs_labels,
+    s = verb(cfg, "needs-labels", cmd_config_family_fact,
              "true if the model of a training YAML learns from k-means labels (HuBERT), else false")
     s.add_argument("file")
+    s.set_defaults(fact="needs_labels")
+    s = verb(cfg, "default-ctc", cmd_config_family_fact,
+             "the recipes/conf/ CTC config that fine-tunes the model of a training YAML by default")
+    s.add_argument("file")
+    s.set_defaults(fact="default_ctc_config")
 
     # bench
     bench = verbs.add_parser("bench", help="benchmarks against references measured in the same run").add_subparsers(

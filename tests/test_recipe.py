@@ -162,18 +162,23 @@ def test_iterations_need_hubert(tmp_path: Path):
     assert r.returncode != 0 and "only HuBERT iterates" in r.stderr
 
 
-def test_config_needs_labels_asks_the_model_registry(tmp_path: Path, capsys):
+def test_family_facts_come_from_the_model_registry(tmp_path: Path, capsys):
     from sslseq.cli import main
 
     conf = ROOT / "recipes" / "conf"
     # A user's config: HuBERT's model file with another family named over it.
     own = tmp_path / "pretrain_own.yaml"
-    own.write_text(f"task: pretrain\nmodel_config: {conf / 'model_hubert_tiny.yaml'}\nmodel:\n  name: dinosr\n")
-    for config, expected in ((conf / "pretrain_hubert_cpu.yaml", "true"), (conf / "pretrain_wav2vec2_cpu.yaml", "false"),
-                             (conf / "pretrain_w2vbert_cpu.yaml", "false"), (conf / "pretrain_dinosr_cpu.yaml", "false"),
-                             (own, "false")):
+    own.write_text(f"task: pretrain\nmodel_config: {conf / 'model_hubert_tiny.yaml'}\nmodel:\n  name: w2vbert\n")
+    for config, labels, ctc in ((conf / "pretrain_hubert_cpu.yaml", "true", "ctc_cpu.yaml"),
+                                (conf / "pretrain_wav2vec2_cpu.yaml", "false", "ctc_cpu.yaml"),
+                                (conf / "pretrain_w2vbert_cpu.yaml", "false", "ctc_w2vbert_cpu.yaml"),
+                                (conf / "pretrain_dinosr_cpu.yaml", "false", "ctc_cpu.yaml"),
+                                (own, "false", "ctc_w2vbert_cpu.yaml")):
         assert main(["config", "needs-labels", str(config)]) == 0
-        assert capsys.readouterr().out == expected + "\n", config
+        assert capsys.readouterr().out == labels + "\n", config
+        assert main(["config", "default-ctc", str(config)]) == 0
+        name = capsys.readouterr().out.strip()
+        assert name == ctc and (conf / name).is_file(), config
 
 
 def test_config_get_reads_one_value_and_names_missing_keys(tmp_path: Path, capsys):

@@ -41,15 +41,20 @@ __all__ = [
 ]
 
 
-def needs_labels(model: dict[str, Any] | nn.Module, default_name: str = "hubert") -> bool:
-    """Whether pretraining ``model`` (a built model, or a model config dict whose ``name``
-    defaults to ``default_name``) needs k-means labels: its class attribute
-    ``SpeechModel.needs_labels`` (True for a module that is not a SpeechModel, and an unknown name)."""
+def family_fact(model: dict[str, Any] | nn.Module, fact: str, default_name: str = "hubert") -> Any:
+    """A class attribute of ``SpeechModel`` (``needs_labels``, ``default_ctc_config``) for a built
+    model, or for a model config dict whose ``name`` defaults to ``default_name``; SpeechModel's own
+    value for a module that is not a SpeechModel and for an unknown name."""
     if isinstance(model, nn.Module):
-        return bool(getattr(model, "needs_labels", True))
+        return getattr(model, fact, getattr(SpeechModel, fact))
     name = model.get("name", default_name) if isinstance(model, dict) else default_name
     entry = MODELS.get(name)
-    return True if entry is None else bool(entry[1].needs_labels)
+    return getattr(SpeechModel if entry is None else entry[1], fact)
+
+
+def needs_labels(model: dict[str, Any] | nn.Module, default_name: str = "hubert") -> bool:
+    """Whether pretraining ``model`` needs k-means labels (``SpeechModel.needs_labels``)."""
+    return bool(family_fact(model, "needs_labels", default_name))
 
 
 def build_model(model_cfg: dict[str, Any], where: str = "model") -> nn.Module:

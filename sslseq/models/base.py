@@ -60,6 +60,9 @@ class SpeechModel(nn.Module):
     # Whether pretraining this model reads k-means labels (``sslseq config needs-labels``, the
     # pretraining task); families with their own targets set False.
     needs_labels: bool = True
+    # The CTC recipe (recipes/conf/) that fine-tunes this family by default: its from-scratch
+    # encoder has the family's layout (``sslseq config default-ctc``); a conformer family sets its own.
+    default_ctc_config: str = "ctc_cpu.yaml"
 
     cfg: Any
     encoder: nn.Module

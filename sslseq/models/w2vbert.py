@@ -89,6 +89,7 @@ class W2VBertConfig:
 
 class W2VBert(SpeechModel):
     needs_labels = False  # self-supervised targets: the trainer reads no k-means labels
+    default_ctc_config = "ctc_w2vbert_cpu.yaml"  # a conformer scratch encoder, like the model's
 
     def __init__(self, cfg: W2VBertConfig):
         super().__init__()
