@@ -276,13 +276,11 @@ def cmd_config_digest(a: argparse.Namespace) -> None:
 
 
 def cmd_config_family_fact(a: argparse.Namespace) -> None:
-    from sslseq.models import family_fact
-    from sslseq.train.config import resolve_train_config
+    from sslseq.train.config import pretrain_family_fact, resolve_train_config
 
     # The model registry knows each family's facts (k-means labels or not, its CTC recipe); the
     # recipe asks here instead of testing model names in shell.
-    cfg = resolve_train_config(a.file)
-    value = family_fact(cfg.model if isinstance(cfg.model, dict) else {}, a.fact)
+    value = pretrain_family_fact(resolve_train_config(a.file), a.fact)
     print(str(value).lower() if isinstance(value, bool) else value)
 
 

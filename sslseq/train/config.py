@@ -154,11 +154,17 @@ def effective_update_freq(optim: OptimConfig, processes: int) -> int:
     return optim.update_freq * (n // processes)
 
 
-def pretrain_needs_labels(cfg: TrainConfig) -> bool:
-    """Whether the model pretrained by ``cfg`` (``model.name``, default hubert) needs k-means labels."""
-    from sslseq.models import needs_labels
+def pretrain_family_fact(cfg: TrainConfig, fact: str) -> Any:
+    """A family fact of the registry (``models.family_fact``) for the model ``cfg`` trains
+    (``model.name``, default hubert)."""
+    from sslseq.models import family_fact
 
-    return needs_labels(cfg.model if isinstance(cfg.model, dict) else {})
+    return family_fact(cfg.model if isinstance(cfg.model, dict) else {}, fact)
+
+
+def pretrain_needs_labels(cfg: TrainConfig) -> bool:
+    """Whether the model pretrained by ``cfg`` needs k-means labels."""
+    return bool(pretrain_family_fact(cfg, "needs_labels"))
 
 
 def check_train_config(cfg: TrainConfig, where: str = "config") -> None:
@@ -274,6 +280,7 @@ __all__ = [
     "TrainConfig",
     "load_train_config",
     "check_train_config",
+    "pretrain_family_fact",
     "pretrain_needs_labels",
     "resolve_train_config",
     "semantic_dict",
