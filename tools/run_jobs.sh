@@ -200,6 +200,8 @@ script=$logdir/q/$name.sh
   echo "workdir=$(printf '%q' "$workdir")"
   echo "logpat=$(printf '%q' "$logpat")"
   printf 'cmd=('; printf ' %q' "${cmd_tmpl[@]}"; echo ' )'
+  # each rank's signature (signature() above), written to its .ok marker when it succeeds
+  printf 'declare -A sig=('; for j in "${!sig[@]}"; do printf ' [%s]=%s' "$j" "${sig[$j]}"; done; echo ' )'
   cat <<'BODY'
 cd "$workdir" || exit 1
 args=()
@@ -211,7 +213,7 @@ echo "# started $(date) on $(hostname) (Slurm job ${SLURM_ARRAY_JOB_ID:-?}_$rank
 rc=0; "${args[@]}" < /dev/null || rc=$?
 echo "# ended $(date) rc=$rc"
 if [ "$rc" -eq 0 ]; then
-  printf '%s\0' "$workdir" "${args[@]}" | md5sum | cut -d' ' -f1 > "$okf.tmp" && mv "$okf.tmp" "$okf"
+  echo "${sig[$rank]}" > "$okf.tmp" && mv "$okf.tmp" "$okf"
 fi
 exit "$rc"
 BODY
