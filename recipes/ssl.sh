@@ -165,15 +165,28 @@ steps_override() { [ -z "$1" ] || echo "optim.max_steps=$1"; }
 [ "$num_nodes" -eq 1 ] || [ "$cmd" = slurm ] || die "--num-nodes $num_nodes needs --cmd slurm (srun starts torchrun on every node)"
 # Train into $1 with the config $2 (and overrides): `sslseq train` with $ngpu processes per node
 # (tools/launch_train.sh), here or as one Slurm job of $num_nodes nodes (GPUs unless --device cpu).
+# Train as train() does unless the marker of $1 says it is done: it holds the trainer's fingerprint
+# of the resolved config (the YAML, the model_config it includes, the overrides: `sslseq train
+# --fingerprint`) and $3, the markers of the inputs ("name=ID ...": data, labels, init model),
+# and records the files $4; the rest are the overrides.
+train_stage() {
+  local out=$1 config=$2 inputs=$3 outputs=$4 opts; shift 4
+  opts="train=$(sslseq train --fingerprint "$config" out_dir="$out" "$@") $inputs" || die "cannot read the training config $config"
+  if stage_todo "$out" "$opts"; then
+    train "$out" "$config" "$@"
+    # shellcheck disable=SC2086  # file names, one word each
+    mark_done "$out" "$opts" $outputs
+  fi
+}
 train() {
   local out=$1 config=$2; shift 2
   local launch=("$root_dir/tools/launch_train.sh" "$ngpu" train "$config" out_dir="$out" "$@")
   if [ "$cmd" = slurm ]; then
     local gpus=$ngpu; [ "$device" != cpu ] || gpus=0
-    timed "$root_dir/tools/run_jobs.sh" --cmd slurm --nodes "$num_nodes" --gpu "$gpus" --cpus "$ngpu" \
+    "$root_dir/tools/run_jobs.sh" --cmd slurm --nodes "$num_nodes" --gpu "$gpus" --cpus "$ngpu" \
       JOB=0:0 "$out/log/train.log" "${launch[@]}"
   else
-    timed "${launch[@]}"
+    "${launch[@]}"
   fi
 }
 
@@ -242,17 +255,12 @@ kmeans_targets() {
 model_files="model.safetensors config.yaml"
 # Pretrain with config $1 into $2 on the labels dump/labels/$3 (for HuBERT; the others ignore them).
 pretrain() {
-  local config=$1 out=$2 labels=dump/labels/$3 opts config_id
-  config_id=$(sslseq config digest "$config")  # the YAML and the model_config it includes
-  opts="config=$config_id steps=$pretrain_steps tiny=$tiny seed=$seed"
-  [ "$uses_labels" = false ] || opts="$opts labels=$(marker_id "$labels")"
-  if stage_todo "$out" "$opts"; then
-    train "$out" "$config" seed="$seed" device="$device" \
-      data.train="data/$train_set" data.valid="data/$dev_set" \
-      data.labels_train="$labels/$train_set.km" data.labels_valid="$labels/$dev_set.km" \
-      $(steps_override "$pretrain_steps") "${tiny_overrides[@]}"
-    mark_done "$out" "$opts" $model_files
-  fi
+  local config=$1 out=$2 labels=dump/labels/$3 inputs
+  inputs="data=$(marker_id data)"; [ "$uses_labels" = false ] || inputs="$inputs labels=$(marker_id "$labels")"
+  train_stage "$out" "$config" "$inputs" "$model_files" seed="$seed" device="$device" \
+    data.train="data/$train_set" data.valid="data/$dev_set" \
+    data.labels_train="$labels/$train_set.km" data.labels_valid="$labels/$dev_set.km" \
+    $(steps_override "$pretrain_steps") "${tiny_overrides[@]}"
 }
 all_sets=$(echo "$train_set $dev_set $test_sets" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | tr '\n' ' ')
 # The sets whose sentences must stay out of the LM text, and what stage 7 decodes greedily
@@ -261,7 +269,6 @@ eval_sets=$(echo "$dev_set $test_sets" | tr ' ' '\n' | awk 'NF && !seen[$0]++' |
 decode_sets=$test_sets; [ "$lm" = false ] || decode_sets=$(echo "$test_sets $dev_set" | tr ' ' '\n' | awk 'NF && !seen[$0]++' | paste -sd ' ')
 
 run_stage() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
-timed() { local t0=$SECONDS; "$@"; log "stage took $((SECONDS - t0)) s"; }
 
 # ---------------------------------------------------------------- 0: corpus and data dirs
 if run_stage 0; then
@@ -269,7 +276,7 @@ if run_stage 0; then
   opts="hours=$hours tiny=$tiny seed=$seed"; [ -z "$corpus_opts" ] || opts="$opts corpus_opts=$corpus_opts"
   if stage_todo data "$opts"; then
     # shellcheck disable=SC2086  # corpus_opts: words, one option or value each
-    timed "$corpus_dir/local/prepare.sh" --hours "$hours" --tiny "$tiny" --seed "$seed" --nj "$nj" $corpus_opts corpus data
+    "$corpus_dir/local/prepare.sh" --hours "$hours" --tiny "$tiny" --seed "$seed" --nj "$nj" $corpus_opts corpus data
     mark_done data "$opts"
   fi
 fi
@@ -284,8 +291,11 @@ if run_stage 1; then
     [ "$transcripts" = true ] || break  # nothing to fine-tune on
     labeled=$(labeled_dir "$sub")
     if [ "$labeled" != "${labeled_set}_$sub" ]; then  # prepared by stage 0: checked, recorded, not drawn
-      sslseq data validate $([ "$skip_bad" = false ] || echo --drop-bad) $(units_opts "--units ") "data/$labeled"
-      mark_done "data/$labeled" "prepared=$sub data=$(marker_id data)" wav.scp text utt2spk spk2utt utt2dur
+      opts="prepared=$sub data=$(marker_id data)"
+      if stage_todo "data/$labeled" "$opts"; then
+        sslseq data validate $([ "$skip_bad" = false ] || echo --drop-bad) $(units_opts "--units ") "data/$labeled"
+        mark_done "data/$labeled" "$opts" wav.scp text utt2spk spk2utt utt2dur
+      fi
       continue
     fi
     opts="subset=$sub seed=$seed data=$(marker_id data)"
@@ -310,12 +320,12 @@ if run_stage 1; then
     if stage_todo "$lm_dir" "$opts"; then
       log "stage 1: LM text without the sentences of $eval_sets, $lm_order-gram LM → $lm_dir"
       # shellcheck disable=SC2086
-      timed "$corpus_dir/local/lm_text.sh" --tiny "$tiny" $corpus_opts "$lm_dir/text" $(for set in $eval_sets; do echo "data/$set"; done)
+      "$corpus_dir/local/lm_text.sh" --tiny "$tiny" $corpus_opts "$lm_dir/text" $(for set in $eval_sets; do echo "data/$set"; done)
       sslseq lm check-overlap $(units_opts "--units ") "$lm_dir/text" $(for set in $eval_sets; do echo "data/$set"; done)
       arpa_opt=(); [ -z "$lm_arpa" ] || arpa_opt=(--arpa "$lm_arpa")
       # the lexicon spelled in the CTC units: BPE pieces (--units bpeN), the corpus's own letters, or A-Z
       if [ -n "$units_file" ]; then arpa_opt+=(--units "$units_file"); else arpa_opt+=($(units_opts "--units ")); fi
-      timed sslseq lm build --order "$lm_order" --dev "data/$dev_set" "${arpa_opt[@]}" "$lm_dir/text" "$lm_dir"
+      sslseq lm build --order "$lm_order" --dev "data/$dev_set" "${arpa_opt[@]}" "$lm_dir/text" "$lm_dir"
       mark_done "$lm_dir" "$opts" text text.yaml lm.arpa lm.yaml lexicon.txt units.txt
     fi
   fi
@@ -324,17 +334,13 @@ fi
 # ---------------------------------------------------------------- 2: features
 if run_stage 2; then
   log "stage 2: $feat_type features (--nj $nj)"
-  t0=$SECONDS
   dump_features "$feat_type" "$all_sets" "$feat_type"
-  log "stage 2 took $((SECONDS - t0)) s"
 fi
 
 # ---------------------------------------------------------------- 3: k-means targets
 if run_stage 3; then
   log "stage 3: k-means (K=$k) on $train_set $feat_type features, labels for every set"
-  t0=$SECONDS
   kmeans_targets "$k" "$feat_type" "$all_sets" "$label_tag"
-  log "stage 3 took $((SECONDS - t0)) s"
 fi
 
 # ---------------------------------------------------------------- 4: pretraining
@@ -349,12 +355,10 @@ if run_stage 5 && [ "$iterations" -gt 1 ]; then
   for ((i = 2; i <= iterations; i++)); do
     iteration "$i"
     log "stage 5: HuBERT iteration $i: layer $it_layer of $src_model → k-means (K=$it_k) → $it_dir"
-    t0=$SECONDS
     # Pretraining reads labels of train and dev only.
     dump_features layer "$train_set $dev_set" "$it_feats" "$src_model" "$it_layer"
     kmeans_targets "$it_k" "$it_feats" "$train_set $dev_set" "$it_label_tag"
     pretrain "$it_config" "$it_dir" "$it_label_tag"
-    log "stage 5: iteration $i took $((SECONDS - t0)) s"
     src_model=$it_dir
   done
 fi
@@ -372,17 +376,14 @@ if run_stage 6; then
       out=$(ctc_dir "$sub" "$init")
       log "stage 6: CTC on $labeled, init=$init → $out"
       init_id=none; [ "$init" = none ] || init_id=$(marker_id "$init")
-      config_id=$(sslseq config digest "$ctc_config")
-      opts="config=$config_id steps=$ctc_steps tiny=$tiny seed=$seed init=$init_id data=$(marker_id "data/$labeled")"
-      [ ! -f data/units.txt ] || opts="$opts units=$(md5sum < data/units.txt | cut -c1-12)"
+      inputs="init=$init_id data=$(marker_id "data/$labeled" data)"
+      [ ! -f data/units.txt ] || inputs="$inputs units=$(md5sum < data/units.txt | cut -c1-12)"
       # BPE pieces (--units bpeN) or the corpus's own letters (data/units.txt), else A-Z
       units_opt=($(units_opts data.units=))
-      [ -z "$units_file" ] || { opts="$opts bpe=$(marker_id "$(dirname "$units_file")")"; units_opt=(data.units="$units_file"); }
-      if stage_todo "$out" "$opts"; then
-        train "$out" "$ctc_config" init="$init" seed="$seed" device="$device" \
-          data.train="data/$labeled" data.valid="data/$dev_set" ${units_opt[@]+"${units_opt[@]}"} $(steps_override "$ctc_steps") "${tiny_overrides[@]}"
-        mark_done "$out" "$opts" $model_files units.txt $([ -z "$units_file" ] || echo bpe.model)
-      fi
+      [ -z "$units_file" ] || { inputs="$inputs bpe=$(marker_id "$(dirname "$units_file")")"; units_opt=(data.units="$units_file"); }
+      train_stage "$out" "$ctc_config" "$inputs" "$model_files units.txt $([ -z "$units_file" ] || echo bpe.model)" \
+        init="$init" seed="$seed" device="$device" data.train="data/$labeled" data.valid="data/$dev_set" \
+        ${units_opt[@]+"${units_opt[@]}"} $(steps_override "$ctc_steps") "${tiny_overrides[@]}"
     done
   done
 fi
@@ -413,7 +414,7 @@ if run_stage 7; then
       if stage_todo "$tune_dir" "$opts"; then
         log "stage 7: tune the LM weight and word score of $exp on $dev_set"
         held_out=(); for set in $test_sets; do [ "$set" = "$dev_set" ] || held_out+=(--held-out "data/$set"); done
-        timed sslseq lm tune --lm "$lm_dir" --nj "$nj" --lm-weights $lm_weights --word-scores $word_scores \
+        sslseq lm tune --lm "$lm_dir" --nj "$nj" --lm-weights $lm_weights --word-scores $word_scores \
           --beam-size "$lm_beam" "${held_out[@]}" --out-dir "$tune_dir" "$exp/decode_$dev_set"
         mark_done "$tune_dir" "$opts" params.yaml grid.tsv
       fi

@@ -204,6 +204,11 @@ def cmd_kmeans_label(a: argparse.Namespace) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
+    if a.fingerprint:
+        from sslseq.train.config import load_train_config, train_fingerprint
+
+        print(train_fingerprint(load_train_config(a.config, a.overrides)))
+        return
     from sslseq.train.trainer import train_from_config
 
     train_from_config(Path(a.config), a.overrides)
@@ -267,12 +272,6 @@ def cmd_plot(a: argparse.Namespace) -> None:
     if png is None:
         raise SslseqError("nothing to plot: " + "; ".join(notes))
     print(png)
-
-
-def cmd_config_digest(a: argparse.Namespace) -> None:
-    from sslseq.train.config import config_digest
-
-    print(config_digest(a.file))
 
 
 def cmd_config_family_fact(a: argparse.Namespace) -> None:
@@ -517,6 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # train
     s = verb(verbs, "train", cmd_train, "train a model (pretraining or CTC fine-tuning) from a YAML config")
+    s.add_argument("--fingerprint", action="store_true",
+                   help="print the fingerprint of the resolved config (the YAML, the model_config it includes, the "
+                   "overrides; what a recipe's stage marker holds) and train nothing")
     s.add_argument("config")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 out_dir=exp/x")
 
@@ -555,8 +557,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--default", default=None, help="print this when the key is absent instead of failing")
     s.add_argument("file")
     s.add_argument("key", help="dotted path; list items by index, e.g. iterations.0.layer")
-    s = verb(cfg, "digest", cmd_config_digest, "fingerprint of a training YAML and the model_config it includes (stage markers)")
-    s.add_argument("file")
     s = verb(cfg, "needs-labels", cmd_config_family_fact,
              "true if the model of a training YAML learns from k-means labels (HuBERT), else false")
     s.add_argument("file")

@@ -49,6 +49,24 @@ def atomic_write_text(path: str | os.PathLike, text: str, errors: str = "strict"
         tmp.write_text(text, encoding="utf-8", errors=errors)
 
 
+def fingerprint(*parts: str | bytes, n: int = 20) -> str:
+    """``n`` hex digits of the SHA-256 of ``parts`` (text or bytes, in order): sslseq's one way
+    to say what a piece of work was made from. A job part, an emissions block and a training
+    run keep the fingerprint of their inputs and options, and are done when it matches
+    (the recipe's stage markers hold the trainer's: ``sslseq train --fingerprint``)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+    return h.hexdigest()[:n]
+
+
+def file_stamp(path: str | os.PathLike) -> str:
+    """``name size mtime_ns`` of a file: its identity in a fingerprint where hashing its bytes
+    (features, a model) on every check would cost too much."""
+    st = os.stat(path)
+    return f"{Path(path).name} {st.st_size} {st.st_mtime_ns}\n"
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's bytes (read in 1 MiB blocks): the checksum recorded beside the
     outputs of a stage (feature shards, label files, models) and checked by their readers."""

@@ -475,24 +475,32 @@ def test_torch_compile_trains_like_eager(tmp_path, tones):
     assert len(le) == 3 and lc == pytest.approx(le, rel=1e-4)
 
 
-def test_config_digest_follows_the_included_model_config(tmp_path):
-    """A recipe stage marker holds this digest: editing the model YAML a training YAML includes
-    must change it (the stage is redone), as must editing the training YAML itself."""
-    from sslseq.train.config import config_digest
+def test_train_fingerprint_follows_what_the_run_trains(tmp_path):
+    """A recipe stage marker holds this fingerprint (``sslseq train --fingerprint``): editing the
+    model YAML a training YAML includes, the training YAML or an override must change it (the
+    stage is redone); a comment or a key that cannot change the result must not."""
+    from sslseq.train.config import resolve_train_config, train_fingerprint
 
-    (tmp_path / "model.yaml").write_text("name: hubert\nencoder: {num_layers: 2}\n")
-    top = tmp_path / "pretrain.yaml"
+    model, top = tmp_path / "model.yaml", tmp_path / "pretrain.yaml"
+
+    def fp(*overrides: str) -> str:
+        return train_fingerprint(resolve_train_config(top, list(overrides)))
+
+    model.write_text("name: hubert\nencoder: {num_layers: 2}\n")
     top.write_text("task: pretrain\nmodel_config: model.yaml\n")
-    before = config_digest(top)
-    assert before == config_digest(top) and len(before) == 12
-    (tmp_path / "model.yaml").write_text("name: hubert\nencoder: {num_layers: 3}\n")
-    edited = config_digest(top)
+    before = fp()
+    assert before == fp() and len(before) == 16
+    top.write_text("# the recipe's pretraining\ntask: pretrain\nmodel_config: model.yaml\n")
+    assert fp() == before and fp("log_interval=7", "device=cpu") == before
+    model.write_text("name: hubert\nencoder: {num_layers: 3}\n")
+    edited = fp()
     assert edited != before
+    assert fp("seed=1") not in (before, edited) and fp("optim.max_steps=7") not in (before, edited)
     top.write_text("task: pretrain\nmodel_config: model.yaml\nseed: 1\n")
-    assert config_digest(top) not in (before, edited)
+    assert fp() == fp("seed=1")
     top.write_text("task: pretrain\nmodel_config: missing.yaml\n")
-    with pytest.raises(SslseqError, match="model_config missing.yaml: cannot read"):
-        config_digest(top)
+    with pytest.raises(SslseqError, match="missing.yaml"):
+        fp()
 
 
 class NanAfter(FrameClassifier):

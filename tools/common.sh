@@ -18,7 +18,10 @@ die() { log "ERROR: $*"; exit 1; }
 # which a rerun with the same options resumes. A redo killed outright (SIGKILL, SIGTERM: no trap,
 # so that a kill is not deferred until the running command ends) is sorted out the same way by the
 # next stage_todo. Options are checked before any stage runs (recipes/ssl.sh).
+# Every stage logs the same two lines of each OUTDIR: "skip: OUTDIR is done" or, once its work is
+# recorded, "done: OUTDIR in N s" (tests read them: a rerun that redoes nothing logs no "done:").
 __redoing=()  # stage dirs being redone, their old results in DIR.prev
+declare -A __started=()  # when stage_todo found each OUTDIR's work to do ($SECONDS)
 
 # Put the old result of an unfinished redo of $1 back in place; keep the partial redo in $1.redo.
 __restore_old() {
@@ -98,6 +101,7 @@ stage_todo() {
       done <<< "$changed"
       log "$first$([ "$n" -eq 1 ] || echo " (and $((n - 1)) more of its outputs)"): $dir is not done after all; redoing it (its intact outputs are kept and resumed)"
       rm -f "$marker"
+      __started[$dir]=$SECONDS
       return 0
     fi
     log "options changed for $dir: redoing it (the previous result waits in $dir.prev until the new one is complete)"
@@ -110,8 +114,11 @@ stage_todo() {
     mkdir -p "$dir"
     printf '%s\n' "$opts" > "$dir/.todo"  # what a partial redo was started with
     __redoing+=("$dir")
+  else
+    log "run: $dir"
   fi
   mkdir -p "$dir"
+  __started[$dir]=$SECONDS
   return 0
 }
 
@@ -124,6 +131,8 @@ mark_done() {
   rm -f "$dir/.todo"
   rm -rf "$dir.prev"
   for i in "${!__redoing[@]}"; do [ "${__redoing[$i]}" != "$dir" ] || unset "__redoing[$i]"; done
+  log "done: $dir in $((SECONDS - ${__started[$dir]:?mark_done $dir without its stage_todo})) s"
+  unset "__started[$dir]"
 }
 
 # The identity of upstream output, for downstream markers: changes when it is redone.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from sslseq.asr.ctc_decode import beam_decode_batch, greedy_decode
 from sslseq.asr.score import ScoreResult, score_files
 from sslseq.data.batching import utterance_batches
 from sslseq.hw import resolve_device
-from sslseq.utils import SslseqError, atomic_write_text, get_logger, progress
+from sslseq.utils import SslseqError, atomic_write_text, fingerprint, get_logger, progress
 
 if TYPE_CHECKING:
     from sslseq.asr.lm_decode import LmParams
@@ -92,9 +91,9 @@ def _network_emissions(get_model, tokenizer, data, utts: list[str], *, exp_dir: 
     return emissions, audio_seconds, network_seconds
 
 
-def _part_id(fingerprint: str, beam: int) -> str:
+def _part_id(model_data: str, beam: int) -> str:
     """What a decoded part depends on: the model and data (``emissions.model_data_id``) and the search."""
-    return hashlib.sha256(f"beam={beam}\n{fingerprint}\n".encode()).hexdigest()[:20]
+    return fingerprint(f"beam={beam}\n{model_data}\n")
 
 
 def decode_data_dir(
@@ -156,8 +155,8 @@ def decode_data_dir(
         search = LexiconSearch(Path(lm_dir), tokenizer, units)  # before any work: a bad LM dir fails now
     dev = resolve_device(device)
 
-    fingerprint = em.model_data_id(exp_dir, data_dir)
-    part_id = _part_id(fingerprint, beam)
+    model_data = em.model_data_id(exp_dir, data_dir)
+    part_id = _part_id(model_data, beam)
     parts_dir = out_dir / "parts"
     cache_dir = out_dir / em.DIR
 
@@ -167,7 +166,7 @@ def decode_data_dir(
     def part_done(r: int) -> bool:
         path = part_path(r)
         return (path.is_file() and (yaml.safe_load(path.read_text()) or {}).get("id") == part_id
-                and em.block_info(cache_dir, r, nj, fingerprint) is not None)
+                and em.block_info(cache_dir, r, nj, model_data) is not None)
 
     todo = ranks if nj == 1 else [r for r in ranks if not part_done(r)]
     model = None
@@ -184,7 +183,7 @@ def decode_data_dir(
     for r in todo:
         lo, hi = shard_bounds(len(data.utts), nj, r)
         block = data.utts[lo:hi]
-        cached = em.block_info(cache_dir, r, nj, fingerprint)
+        cached = em.block_info(cache_dir, r, nj, model_data)
         if cached is not None:
             log.info("decoding %s (%s) from the emissions cached in %s%s", data_dir, search_name, cache_dir,
                      "" if nj == 1 else f": block {r} of {nj}")
@@ -196,7 +195,7 @@ def decode_data_dir(
                 get_model, tokenizer, data, block, exp_dir=exp_dir, units=units, data_dir=data_dir, dev=dev,
                 batch_seconds=batch_seconds, allow_pipes=allow_pipes, desc="decode" if nj == 1 else f"decode {shard_name(r, nj)}",
             )
-            em.write_block(cache_dir, r, nj, fingerprint, block, [emissions[u] for u in block],
+            em.write_block(cache_dir, r, nj, model_data, block, [emissions[u] for u in block],
                            audio_seconds=audio_s, network_seconds=network_s)
         t0 = time.perf_counter()
         hyps = {u: tokenizer.decode(_search(emissions[u], beam, tokenizer.blank_id)) for u in block}
@@ -215,7 +214,7 @@ def decode_data_dir(
     audio_seconds = sum(results[r]["audio_seconds"] for r in ranks)
     compute_seconds = sum(results[r]["compute_seconds"] for r in ranks)
     n_frames = sum(int(n) for r in ranks for n in (cache_dir / f"{shard_name(r, nj)}.len").read_text().split())
-    em.finish(cache_dir, nj, fingerprint, len(tokenizer), n_frames / audio_seconds if audio_seconds > 0 else 0.0)
+    em.finish(cache_dir, nj, model_data, len(tokenizer), n_frames / audio_seconds if audio_seconds > 0 else 0.0)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     hyp_path = out_dir / "hyp.txt"

@@ -11,13 +11,12 @@ LM tuning and LM decoding read the cache; only a changed model or data dir rerun
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from sslseq.utils import SslseqError, atomic_write_text
+from sslseq.utils import SslseqError, atomic_write_text, file_stamp, fingerprint
 
 DIR = "emissions"
 KIND = "ctc_log_probs"
@@ -28,17 +27,12 @@ def model_data_id(exp_dir: Path, data_dir: Path) -> str:
     from sslseq.models.exp_dir import BPE_MODEL, CONFIG, UNITS, WEIGHTS
 
     exp_dir, data_dir = Path(exp_dir), Path(data_dir)
-    h = hashlib.sha256()
-    for path in (exp_dir / WEIGHTS, exp_dir / UNITS, exp_dir / BPE_MODEL, exp_dir / CONFIG):
-        if not path.is_file():
-            continue
-        st = path.stat()
-        h.update(f"{path.name} {st.st_size} {st.st_mtime_ns}\n".encode())
+    stamps = [file_stamp(path) for path in (exp_dir / WEIGHTS, exp_dir / UNITS, exp_dir / BPE_MODEL, exp_dir / CONFIG)
+              if path.is_file()]
     wav_scp = data_dir / "wav.scp"
     if not wav_scp.is_file():
         raise SslseqError(f"{wav_scp}: not found; {data_dir} is not a data dir")
-    h.update(wav_scp.read_bytes())
-    return h.hexdigest()[:20]
+    return fingerprint(*stamps, wav_scp.read_bytes())
 
 
 def _paths(cache_dir: Path, rank: int, nj: int) -> dict[str, Path]:
@@ -48,19 +42,19 @@ def _paths(cache_dir: Path, rank: int, nj: int) -> dict[str, Path]:
     return {ext: Path(cache_dir) / f"{name}.{ext}" for ext in ("utts", "len", "npy", "id")}
 
 
-def block_info(cache_dir: Path, rank: int, nj: int, fingerprint: str) -> dict | None:
+def block_info(cache_dir: Path, rank: int, nj: int, model_data: str) -> dict | None:
     """The block's ``.id`` content when it is complete, intact (the sizes its ``.sums`` holds)
-    and computed from ``fingerprint``, else None (decode computes it again)."""
+    and computed from ``model_data``, else None (decode computes it again)."""
     from sslseq.features.store import shard_problem
 
     p = _paths(cache_dir, rank, nj)
     if not p["id"].is_file() or shard_problem(Path(cache_dir), rank, nj) is not None:
         return None
     info = yaml.safe_load(p["id"].read_text()) or {}
-    return info if info.get("id") == fingerprint else None
+    return info if info.get("id") == model_data else None
 
 
-def write_block(cache_dir: Path, rank: int, nj: int, fingerprint: str, utts: list[str], log_probs: list[np.ndarray],
+def write_block(cache_dir: Path, rank: int, nj: int, model_data: str, utts: list[str], log_probs: list[np.ndarray],
                 *, audio_seconds: float, network_seconds: float) -> None:
     """Write one block's emissions (``log_probs[i]``: (frames, units) of ``utts[i]``), the ``.id`` last."""
     from sslseq.features.store import write_shard
@@ -68,7 +62,7 @@ def write_block(cache_dir: Path, rank: int, nj: int, fingerprint: str, utts: lis
     p = _paths(cache_dir, rank, nj)
     p["id"].unlink(missing_ok=True)  # until the new .id is written, the block is not current
     write_shard(Path(cache_dir), rank, nj, utts, [np.asarray(x, dtype=np.float32) for x in log_probs])
-    info = {"id": fingerprint, "utts": len(utts), "audio_seconds": round(float(audio_seconds), 3),
+    info = {"id": model_data, "utts": len(utts), "audio_seconds": round(float(audio_seconds), 3),
             "network_seconds": round(float(network_seconds), 3)}
     atomic_write_text(p["id"], yaml.safe_dump(info, sort_keys=False))
 
@@ -85,11 +79,11 @@ def read_block(cache_dir: Path, rank: int, nj: int) -> dict[str, np.ndarray]:
     return {u: frames[offsets[i] : offsets[i + 1]] for i, u in enumerate(utts)}
 
 
-def finish(cache_dir: Path, nj: int, fingerprint: str, num_units: int, frame_rate: float) -> None:
+def finish(cache_dir: Path, nj: int, model_data: str, num_units: int, frame_rate: float) -> None:
     """Record that every block of ``nj`` is current (``feats.yaml``), once they all are."""
     from sslseq.features.store import write_meta
 
-    write_meta(Path(cache_dir), feat_type=KIND, dim=num_units, frame_rate=frame_rate, nj=nj, id=fingerprint)
+    write_meta(Path(cache_dir), feat_type=KIND, dim=num_units, frame_rate=frame_rate, nj=nj, id=model_data)
 
 
 def load(decode_dir: Path, exp_dir: Path, data_dir: Path) -> dict[str, np.ndarray]:
@@ -102,13 +96,13 @@ def load(decode_dir: Path, exp_dir: Path, data_dir: Path) -> dict[str, np.ndarra
     if not (cache_dir / "feats.yaml").is_file():
         raise SslseqError(f"{cache_dir}: no emissions cache; {hint}")
     meta = read_meta(cache_dir)
-    fingerprint = model_data_id(exp_dir, data_dir)
-    if meta.get("type") != KIND or meta.get("id") != fingerprint:
+    model_data = model_data_id(exp_dir, data_dir)
+    if meta.get("type") != KIND or meta.get("id") != model_data:
         raise SslseqError(f"{cache_dir}: the emissions are of another model or data dir than {exp_dir} / {data_dir}; {hint}")
     nj = int(meta["nj"])
     out: dict[str, np.ndarray] = {}
     for r in range(nj):
-        if block_info(cache_dir, r, nj, fingerprint) is None:
+        if block_info(cache_dir, r, nj, model_data) is None:
             from sslseq.features.store import shard_problem
 
             why = shard_problem(cache_dir, r, nj) or f"{cache_dir}: block {r} of {nj} is missing or stale"

@@ -5,7 +5,6 @@ block with the fingerprint of the model and the features, then one join into the
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 from pathlib import Path
@@ -19,7 +18,7 @@ from sslseq.cluster.model_file import load_kmeans, save_kmeans
 from sslseq.cluster.sampling import sample_frames
 from sslseq.data.labels import check_label_dir_accepts, finish_label_set
 from sslseq.hw import resolve_device
-from sslseq.utils import SslseqError, atomic_path, get_logger, progress
+from sslseq.utils import SslseqError, atomic_path, file_stamp, fingerprint, get_logger, progress
 
 log = get_logger("sslseq.cluster.kmeans")
 
@@ -214,14 +213,10 @@ def _label_source_id(centroids: torch.Tensor, store) -> str:
     """Fingerprint of what labels are made from: the centroids and the feature files (meta, sizes, times)."""
     from sslseq.features.store import shard_name
 
-    h = hashlib.sha256(centroids.float().contiguous().numpy().tobytes())
-    h.update(yaml.safe_dump(store.meta, sort_keys=True).encode())
-    for r in range(store.nj):
-        for ext in ("npy", "len", "utts"):
-            path = store.dir / f"{shard_name(r, store.nj)}.{ext}"
-            st = path.stat()
-            h.update(f"{path.name} {st.st_size} {st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:20]
+    stamps = [file_stamp(store.dir / f"{shard_name(r, store.nj)}.{ext}")
+              for r in range(store.nj) for ext in ("npy", "len", "utts")]
+    return fingerprint(centroids.float().contiguous().numpy().tobytes(),
+                       yaml.safe_dump(store.meta, sort_keys=True), *stamps)
 
 
 def _label_block(store, centroids: torch.Tensor, lo: int, hi: int, part_path: Path, header: str) -> None:

@@ -7,7 +7,7 @@ section instead (path relative to the training YAML); keys under ``model`` overr
 
 from __future__ import annotations
 
-import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +15,7 @@ from typing import Any
 
 from sslseq.config import deep_merge, load_config, load_yaml, to_dict
 from sslseq.train.schedule import SCHEDULES
-from sslseq.utils import SslseqError
+from sslseq.utils import SslseqError, fingerprint
 
 TASKS = ("pretrain", "ctc")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -95,21 +95,6 @@ def model_config_path(config: Path, model_config: str) -> Path:
     if not mpath.is_absolute() and (config.parent / mpath).is_file():
         return config.parent / mpath
     return mpath
-
-
-def config_digest(path: str | Path) -> str:
-    """12 hex digits of a training YAML and the ``model_config`` file it pulls in: what a recipe's
-    stage marker holds, so that editing either redoes the stage."""
-    path = Path(path)
-    h = hashlib.sha256(path.read_bytes())
-    model_config = load_yaml(path).get("model_config")
-    if model_config:
-        mpath = model_config_path(path, str(model_config))
-        try:
-            h.update(b"\0" + mpath.read_bytes())
-        except OSError as e:
-            raise SslseqError(f"{path}: model_config {model_config}: cannot read {mpath}: {e.strerror}") from None
-    return h.hexdigest()[:12]
 
 
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
@@ -244,6 +229,15 @@ def semantic_dict(cfg: TrainConfig) -> dict[str, Any]:
             node = node[part]
         node.pop(key[-1], None)
     return d
+
+
+def train_fingerprint(cfg: TrainConfig) -> str:
+    """16 hex digits of the config without the keys that cannot change the result: the trainer
+    keeps it (train_summary.yaml, checkpoints) to know a finished or resumable run of this same
+    config, and a recipe's stage marker holds it (``sslseq train --fingerprint``), so an edit of
+    the training YAML, of the model_config it includes or of an override redoes the stage, and
+    an edit that changes nothing (a comment) does not."""
+    return fingerprint(json.dumps(semantic_dict(cfg), sort_keys=True, default=list), n=16)
 
 
 # Keys that name files or dirs: two spellings of one path (./exp/x, exp/x, /abs/exp/x) are the same config.

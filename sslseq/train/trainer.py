@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
 import math
 import os
 import random
@@ -41,6 +39,7 @@ from sslseq.train.config import (
     resolve_path,
     resolve_paths,
     semantic_dict,
+    train_fingerprint,
 )
 from sslseq.train.health import HealthMonitor
 from sslseq.train.tasks import make_task
@@ -54,11 +53,6 @@ log = get_logger(__name__)
 
 SUMMARY = "train_summary.yaml"
 VALID_SEED_OFFSET = 9973  # validation draws (e.g. HuBERT masks) from its own fixed seed
-
-
-def config_digest(cfg: TrainConfig) -> str:
-    text = json.dumps(semantic_dict(cfg), sort_keys=True, default=list)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _spelled_as(cfg: TrainConfig, stored: dict) -> TrainConfig:
@@ -92,13 +86,13 @@ def is_finished(cfg: TrainConfig) -> bool:
     except SslseqError as e:
         log.warning("%s; training again from the last checkpoint", e)
         return False
-    if done.get("config_digest") == config_digest(cfg):
+    if done.get("config_digest") == train_fingerprint(cfg):
         return True
     try:  # the same config with its paths spelled otherwise (./x vs /abs/x)
         stored = yaml.safe_load((out / CONFIG).read_text())
     except yaml.YAMLError:
         return False
-    return isinstance(stored, dict) and done.get("config_digest") == config_digest(_spelled_as(cfg, stored))
+    return isinstance(stored, dict) and done.get("config_digest") == train_fingerprint(_spelled_as(cfg, stored))
 
 
 def train_from_config(path: Path, overrides: list[str]) -> Path:
@@ -153,7 +147,7 @@ class Trainer:
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
-        self.digest = config_digest(cfg)
+        self.digest = train_fingerprint(cfg)
         self._given_model = model
         self.task = make_task(cfg, model)  # what pretraining and CTC do differently
         self.tokenizer = None
