@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sslseq.utils import SslseqError, get_logger
+from sslseq.utils import SslseqError, get_logger, run_main
 
 
 def parse_duration(text: str) -> float:
@@ -29,18 +29,6 @@ def parse_duration(text: str) -> float:
 
 
 # ---------------------------------------------------------------- verbs
-
-
-def cmd_corpus_synth(a: argparse.Namespace) -> None:
-    from sslseq.data.synth import synthesize_corpus
-
-    synthesize_corpus(Path(a.out_dir), hours=a.hours, seed=a.seed, tiny=a.tiny, nj=a.nj)
-
-
-def cmd_corpus_prepare(a: argparse.Namespace) -> None:
-    from sslseq.data.synth import prepare_data_dirs
-
-    prepare_data_dirs(Path(a.corpus_dir), Path(a.data_dir))
 
 
 def cmd_corpus_librispeech(a: argparse.Namespace) -> None:
@@ -65,13 +53,6 @@ def cmd_corpus_custom(a: argparse.Namespace) -> None:
     prepare_custom(Path(a.audio_dir), Path(a.data_dir), Path(a.copy_dir), text=Path(a.text) if a.text else None,
                    spk_from=a.spk_from, split=a.split, dev_size=a.dev_size, test_size=a.test_size, seed=a.seed,
                    min_char_count=a.min_char_count, units=Path(a.units) if a.units else None, nj=a.nj)
-
-
-def cmd_corpus_lm_text(a: argparse.Namespace) -> None:
-    from sslseq.data.synth import lm_sentences
-    from sslseq.lm.corpus import write_lm_text
-
-    write_lm_text(lm_sentences(a.books), Path(a.out), [Path(d) for d in a.exclude])
 
 
 def cmd_lm_text(a: argparse.Namespace) -> None:
@@ -335,19 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     # corpus
-    corpus = verbs.add_parser("corpus", help="obtain a corpus (synthesize the embedded one)").add_subparsers(
+    corpus = verbs.add_parser("corpus", help="Kaldi data dirs of a corpus (LibriSpeech, a folder of your own audio)").add_subparsers(
         dest="sub", metavar="SUB", required=True
     )
-    s = verb(corpus, "synth", cmd_corpus_synth, "synthesize the embedded English corpus with espeak-ng")
-    s.add_argument("--hours", type=float, default=10.0, help="hours of train audio (dev and test: 0.3 h each)")
-    s.add_argument("--tiny", action="store_true", help="a few minutes of audio, for tests")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--nj", type=int, default=2, help="parallel synthesis processes")
-    s.add_argument("out_dir")
-    s = verb(corpus, "prepare", cmd_corpus_prepare, "make Kaldi data dirs (train/dev/test) from a synthesized corpus")
-    s.add_argument("corpus_dir")
-    s.add_argument("data_dir")
-
     s = verb(corpus, "librispeech", cmd_corpus_librispeech, "make Kaldi data dirs from a LibriSpeech (+ Libri-light "
              "librispeech_finetuning) copy: the pretraining set, dev/test clean/other, librilight_{10min,1h,10h}")
     s.add_argument("--train-set", default="train-clean-100",
@@ -381,14 +352,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("audio_dir")
     s.add_argument("copy_dir", help="where 16 kHz mono copies go (COPY_DIR/audio/)")
     s.add_argument("data_dir")
-
-    s = verb(corpus, "lm-text", cmd_corpus_lm_text, "normalised LM text of the embedded corpus's source (the KJV), "
-             "without any line that is or contains a sentence of the --exclude data dirs")
-    s.add_argument("--exclude", action="append", required=True, metavar="DATA_DIR",
-                   help="a data dir whose sentences stay out (repeat it: --exclude data/dev --exclude data/test)")
-    s.add_argument("--books", action="append", default=None, metavar="BOOK",
-                   help="a KJV book to read, e.g. Genesis (repeatable; default: the whole Bible)")
-    s.add_argument("out", help="text file to write (and OUT.yaml with the counts)")
 
     # lm
     lm = verbs.add_parser("lm", help="word n-gram LMs for CTC decoding: build, check, perplexity, tune").add_subparsers(
@@ -636,18 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    log = get_logger()
-    if hasattr(sys.stdout, "reconfigure"):  # file names that are not UTF-8 print as the bytes they are
-        sys.stdout.reconfigure(errors="surrogateescape")
-    try:
-        args.fn(args)
-    except SslseqError as e:
-        log.error("%s", e)
-        return 1
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
-    return 0
+    return run_main(lambda: args.fn(args))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -111,6 +111,23 @@ def get_logger(name: str = "sslseq") -> logging.Logger:
         root.setLevel(os.environ.get("SSLSEQ_LOGLEVEL", "INFO"))
         root.propagate = False
     return logging.getLogger(name)
+
+
+def run_main(fn: Callable[[], None]) -> int:
+    """Run a command-line entry point: an SslseqError is one logged line (no traceback) and exit
+    code 1, Ctrl-C exit code 130 (``sslseq``'s verbs and the recipes' own Python scripts)."""
+    log = get_logger()
+    if hasattr(sys.stdout, "reconfigure"):  # file names that are not UTF-8 print as the bytes they are
+        sys.stdout.reconfigure(errors="surrogateescape")
+    try:
+        fn()
+    except SslseqError as e:
+        log.error("%s", e)
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    return 0
 
 
 def progress(iterable: Iterable[T], desc: str = "", total: int | None = None, unit: str = "it") -> Iterable[T]:

@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("SSLSEQ_NO_PROGRESS", "1")
+# The embedded corpus's synthesis is synth_en's own (egs/synth_en/local/synth_corpus.py, not the
+# package); the tests build their tiny corpus with it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "egs" / "synth_en" / "local"))
 
 # Whether @triton.jit (triton's own library functions included) makes interpreted or compiled
 # kernels is fixed when triton is first imported, and importing sslseq's models imports it (via
@@ -66,7 +69,7 @@ def tiny_corpus(tmp_path_factory) -> Path:
     """``synthesize_corpus(tiny=True, seed=0)`` output dir: wav/, corpus.tsv, speakers.tsv."""
     if shutil.which("espeak-ng") is None or shutil.which("bible") is None:
         pytest.skip("espeak-ng and bible-kjv are needed to synthesize the corpus")
-    from sslseq.data.synth import synthesize_corpus
+    from synth_corpus import synthesize_corpus
 
     out = tmp_path_factory.mktemp("tiny_corpus")
     synthesize_corpus(out, hours=0.0, seed=0, tiny=True, nj=2)
@@ -76,7 +79,7 @@ def tiny_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_data(tiny_corpus: Path, tmp_path_factory) -> Path:
     """Kaldi data dirs ``train``, ``dev``, ``test`` of the tiny corpus (read-only: copy before editing)."""
-    from sslseq.data.synth import prepare_data_dirs
+    from synth_corpus import prepare_data_dirs
 
     out = tmp_path_factory.mktemp("tiny_data")
     prepare_data_dirs(tiny_corpus, out)

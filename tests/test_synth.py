@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from sslseq.data.kaldi import load_data_dir, validate_data_dir
-from sslseq.data.synth import (
+from synth_corpus import (
     NUM_SPEAKERS,
     SPLITS,
     _verse_sentences,
@@ -116,7 +116,7 @@ def test_determinism_and_resume(tiny_corpus: Path, tmp_path: Path):
 
 
 def test_other_seed_differs(tiny_corpus: Path, tmp_path: Path):
-    from sslseq.data.synth import plan_corpus, speaker_table, split_seconds
+    from synth_corpus import plan_corpus, speaker_table, split_seconds
 
     t0, t1 = speaker_table(0), speaker_table(1)
     assert t0 == speaker_table(0) and t0 != t1
@@ -132,7 +132,7 @@ def test_other_seed_differs(tiny_corpus: Path, tmp_path: Path):
 
 
 def test_split_seconds():
-    from sslseq.data.synth import EVAL_SECONDS, split_seconds
+    from synth_corpus import EVAL_SECONDS, split_seconds
 
     # dev and test stay 0.3 h each whatever the train size, so results stay comparable
     assert split_seconds(10.0, False) == {"train": 36000.0, "dev": EVAL_SECONDS, "test": EVAL_SECONDS}
@@ -153,14 +153,14 @@ def test_prepare_data_dirs_validate(tiny_corpus: Path, tiny_data: Path):
 
 
 def test_prepare_without_corpus(tmp_path: Path):
-    from sslseq.data.synth import prepare_data_dirs
+    from synth_corpus import prepare_data_dirs
 
-    with pytest.raises(SslseqError, match="run 'sslseq corpus synth"):
+    with pytest.raises(SslseqError, match="run 'local/synth_corpus.py synth"):
         prepare_data_dirs(tmp_path, tmp_path / "data")
 
 
 def test_missing_bible(monkeypatch, tmp_path: Path):
-    import sslseq.data.synth as synth
+    import synth_corpus as synth
 
     real_which = shutil.which
     monkeypatch.setattr(synth.shutil, "which", lambda name: None if name == "bible" else real_which(name))

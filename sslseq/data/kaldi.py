@@ -274,7 +274,7 @@ def load_data_dir(path: str | os.PathLike) -> DataDir:
             hint = {
                 "wav.scp": "a data dir needs '<utt> <wav path or cmd |>' lines in wav.scp",
                 "utt2spk": "create it ('<utt> <spk>' lines; use '<utt> <utt>' if speakers are unknown)",
-                "utt2dur": "create it with Kaldi's utils/data/get_utt2dur.sh, or re-run 'sslseq corpus prepare', "
+                "utt2dur": "create it with Kaldi's utils/data/get_utt2dur.sh, or re-run the corpus's local/prepare.sh (stage 0), "
                 "then check the dir with 'sslseq data validate'",
             }[name]
             raise SslseqError(f"{f}: required file missing; {hint}")

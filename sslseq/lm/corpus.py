@@ -150,7 +150,7 @@ def check_overlap(lm_text: Path, data_dirs: list[Path], units: Path | None = Non
     ``units``, as ``write_lm_text`` does); returns the lines checked."""
     lm_text = Path(lm_text)
     if not lm_text.is_file():
-        raise SslseqError(f"{lm_text}: LM text not found (write it with 'sslseq corpus lm-text' or the corpus's local/lm_text.sh)")
+        raise SslseqError(f"{lm_text}: LM text not found (write it with 'sslseq lm text' or the corpus's local/lm_text.sh)")
     held_out = eval_sentences(data_dirs, normalize_for(_tokenizer(units).units))
     index = _Index.build(held_out)
     hits: list[str] = []
@@ -164,7 +164,7 @@ def check_overlap(lm_text: Path, data_dirs: list[Path], units: Path | None = Non
     if hits:
         raise SslseqError(
             f"{lm_text}: {len(hits)} line(s) hold an evaluation sentence, e.g. {'; '.join(hits[:_SHOWN])}; "
-            "rebuild the LM text excluding these data dirs (sslseq corpus lm-text --exclude ...)"
+            "rebuild the LM text excluding these data dirs (sslseq lm text --exclude ..., or the corpus's local/lm_text.sh)"
         )
     log.info("%s: none of its %d lines holds one of the %d sentences of %s", lm_text, n, len(held_out),
              " ".join(map(str, data_dirs)))

@@ -43,7 +43,7 @@ def spell(word: str, tokenizer: Tokenizer) -> list[str]:
         raise SslseqError(
             f"word {word!r} cannot be spelled in the units {''.join(u for u in tokenizer.units if len(u) == 1)} "
             f"(no unit for {''.join(dict.fromkeys(bad)) or 'an empty word'}); normalise the LM text "
-            "(sslseq corpus lm-text) or use the model's units.txt (--units)"
+            "(sslseq lm text, or the corpus's local/lm_text.sh) or use the model's units.txt (--units)"
         )
     return tokenizer.spell(word)
 
@@ -52,7 +52,7 @@ def read_text_lines(path: Path, tokenizer: Tokenizer) -> list[str]:
     """Whitespace-normalised lines of an LM text; every word must be spellable in the units."""
     path = Path(path)
     if not path.is_file():
-        raise SslseqError(f"{path}: LM text not found (write it with 'sslseq corpus lm-text')")
+        raise SslseqError(f"{path}: LM text not found (write it with 'sslseq lm text' or the corpus's local/lm_text.sh)")
     lines: list[str] = []
     seen_ok: set[str] = set()
     with open(path, encoding="utf-8") as f:

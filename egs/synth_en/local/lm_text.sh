@@ -11,4 +11,4 @@ tiny=false   # one book (Genesis) instead of the whole Bible, so the tiny recipe
 out=$1; shift
 books=(); [ "$tiny" = true ] && books=(--books Genesis)
 exclude=(); for d in "$@"; do exclude+=(--exclude "$d"); done
-sslseq corpus lm-text "${books[@]}" "${exclude[@]}" "$out"
+python3 "$(dirname "$0")/synth_corpus.py" lm-text "${books[@]}" "${exclude[@]}" "$out"

@@ -10,5 +10,6 @@ nj=2         # parallel synthesis processes
 . "$(dirname "$0")/../../../tools/parse_options.sh"
 [ $# -eq 2 ] || { echo "usage: $0 [--hours H] [--tiny true] [--seed S] [--nj N] CORPUS_DIR DATA_DIR" >&2; exit 1; }
 tiny_flag=(); [ "$tiny" = true ] && tiny_flag=(--tiny)
-sslseq corpus synth --hours "$hours" --seed "$seed" --nj "$nj" "${tiny_flag[@]}" "$1"
-sslseq corpus prepare "$1" "$2"
+synth=$(dirname "$0")/synth_corpus.py
+python3 "$synth" synth --hours "$hours" --seed "$seed" --nj "$nj" "${tiny_flag[@]}" "$1"
+python3 "$synth" prepare "$1" "$2"

@@ -1,4 +1,12 @@
-"""The embedded corpus: King James Bible sentences read by espeak-ng voices (recipe stages 0-1).
+#!/usr/bin/env python3
+"""The embedded corpus: King James Bible sentences read by espeak-ng voices (synth_en's stages 0-1).
+
+    local/synth_corpus.py synth [--hours H] [--tiny] [--seed S] [--nj N] CORPUS_DIR
+    local/synth_corpus.py prepare CORPUS_DIR DATA_DIR     # Kaldi data dirs train/dev/test
+    local/synth_corpus.py lm-text --exclude DATA_DIR ... [--books BOOK ...] OUT
+
+This corpus's own preparation, as a Kaldi recipe's local/ holds it (the package has no
+synthesis: no other corpus uses it); it writes through sslseq's data-dir and text helpers.
 
 Everything is derived from the seed: the speaker table (voice, variant, pitch, rate, room),
 which speakers and sentences go to train/dev/test (disjoint), and per-utterance noise.
@@ -14,6 +22,7 @@ import io
 import re
 import shutil
 import subprocess
+import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -25,9 +34,9 @@ import yaml
 
 from sslseq.data.kaldi import write_data_dir
 from sslseq.data.text import normalize_text
-from sslseq.utils import SslseqError, atomic_path, atomic_write_text, get_logger, progress
+from sslseq.utils import SslseqError, atomic_path, atomic_write_text, get_logger, progress, run_main
 
-log = get_logger(__name__)
+log = get_logger("sslseq.synth_en")
 
 SAMPLE_RATE = 16000
 SPLITS = ("train", "dev", "test")
@@ -371,15 +380,15 @@ def synthesize_corpus(out_dir: Path, *, hours: float, seed: int, tiny: bool, nj:
 def read_corpus_tsv(corpus_dir: Path) -> list[dict[str, str]]:
     path = Path(corpus_dir) / CORPUS_TSV
     if not path.is_file():
-        raise SslseqError(f"{path} not found: run 'sslseq corpus synth {corpus_dir}' first (it writes corpus.tsv last)")
+        raise SslseqError(f"{path} not found: run 'local/synth_corpus.py synth {corpus_dir}' first (it writes corpus.tsv last)")
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t")
         if reader.fieldnames != TSV_FIELDS:
-            raise SslseqError(f"{path}:1: header is {reader.fieldnames}, expected {TSV_FIELDS}; re-run 'sslseq corpus synth'")
+            raise SslseqError(f"{path}:1: header is {reader.fieldnames}, expected {TSV_FIELDS}; re-run 'local/synth_corpus.py synth'")
         rows = list(reader)
     for no, r in enumerate(rows, 2):
         if r["split"] not in SPLITS or None in r.values():
-            raise SslseqError(f"{path}:{no}: {r.get('utt')}: malformed row; re-run 'sslseq corpus synth'")
+            raise SslseqError(f"{path}:{no}: {r.get('utt')}: malformed row; re-run 'local/synth_corpus.py synth'")
     return rows
 
 
@@ -390,12 +399,12 @@ def prepare_data_dirs(corpus_dir: Path, data_dir: Path) -> None:
     for split in SPLITS:
         sel = [r for r in rows if r["split"] == split]
         if not sel:
-            raise SslseqError(f"{corpus_dir / CORPUS_TSV}: no '{split}' utterances; re-run 'sslseq corpus synth'")
+            raise SslseqError(f"{corpus_dir / CORPUS_TSV}: no '{split}' utterances; re-run 'local/synth_corpus.py synth'")
         wav = {}
         for r in sel:
             p = corpus_dir / r["wav"]
             if not p.is_file():
-                raise SslseqError(f"{p}: listed in corpus.tsv ({r['utt']}) but missing; re-run 'sslseq corpus synth' to redo it")
+                raise SslseqError(f"{p}: listed in corpus.tsv ({r['utt']}) but missing; re-run 'local/synth_corpus.py synth' to redo it")
             wav[r["utt"]] = str(p)
         write_data_dir(
             Path(data_dir) / split,
@@ -407,3 +416,44 @@ def prepare_data_dirs(corpus_dir: Path, data_dir: Path) -> None:
         dur = sum(float(r["duration"]) for r in sel)
         n_spk = len({r["spk"] for r in sel})
         log.info("%s: %d utterances, %d speakers, %.1f s", Path(data_dir) / split, len(sel), n_spk, dur)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="local/synth_corpus.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    s = verbs.add_parser("synth", help="synthesize the corpus with espeak-ng (resumes; more hours only adds audio)")
+    s.add_argument("--hours", type=float, default=10.0, help="hours of train audio (dev and test: 0.3 h each)")
+    s.add_argument("--tiny", action="store_true", help="a few minutes of audio, for tests")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--nj", type=int, default=2, help="parallel synthesis processes")
+    s.add_argument("corpus_dir")
+    s = verbs.add_parser("prepare", help="Kaldi data dirs (train/dev/test) from a synthesized corpus")
+    s.add_argument("corpus_dir")
+    s.add_argument("data_dir")
+    s = verbs.add_parser("lm-text", help="normalised LM text of the corpus's source (the KJV), without any line "
+                         "that is or contains a sentence of the --exclude data dirs")
+    s.add_argument("--exclude", action="append", required=True, metavar="DATA_DIR",
+                   help="a data dir whose sentences stay out (repeat it: --exclude data/dev --exclude data/test)")
+    s.add_argument("--books", action="append", default=None, metavar="BOOK",
+                   help="a KJV book to read, e.g. Genesis (repeatable; default: the whole Bible)")
+    s.add_argument("out", help="text file to write (and OUT.yaml with the counts)")
+    a = p.parse_args(argv)
+
+    def run() -> None:
+        if a.verb == "synth":
+            synthesize_corpus(Path(a.corpus_dir), hours=a.hours, seed=a.seed, tiny=a.tiny, nj=a.nj)
+        elif a.verb == "prepare":
+            prepare_data_dirs(Path(a.corpus_dir), Path(a.data_dir))
+        else:
+            from sslseq.lm.corpus import write_lm_text
+
+            write_lm_text(lm_sentences(a.books), Path(a.out), [Path(d) for d in a.exclude])
+
+    return run_main(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
