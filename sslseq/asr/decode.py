@@ -129,23 +129,19 @@ def decode_data_dir(
     from sslseq.asr import emissions as em
     from sslseq.data.kaldi import load_data_dir
     from sslseq.data.text import load_tokenizer
-    from sslseq.features.store import shard_bounds, shard_name
+    from sslseq.features.store import blocks_to_do, check_job, shard_bounds, shard_name
     from sslseq.models import load as load_model
     from sslseq.models.exp_dir import units_file
 
     exp_dir, data_dir, out_dir = Path(exp_dir), Path(data_dir), Path(out_dir)
     if beam < 1:
         raise SslseqError(f"beam must be >= 1 (1 = greedy), got {beam}")
-    if nj < 1:
-        raise SslseqError(f"--nj must be >= 1, got {nj}")
+    check_job(nj, rank)
     units = units_file(exp_dir)
     tokenizer = load_tokenizer(units)
     data = load_data_dir(data_dir)
     if not data.utts:
         raise SslseqError(f"{data_dir}/wav.scp: no utterances to decode")
-    ranks = [rank] if rank is not None else list(range(nj))
-    for r in ranks:
-        shard_bounds(len(data.utts), nj, r)  # validates the rank
     search = None
     if lm_dir is not None and not (rank is not None and nj > 1):  # the call that joins (and scores) searches with the LM
         from sslseq.asr.lm_decode import LexiconSearch, LmParams
@@ -168,7 +164,8 @@ def decode_data_dir(
         return (path.is_file() and (yaml.safe_load(path.read_text()) or {}).get("id") == part_id
                 and em.block_info(cache_dir, r, nj, model_data) is not None)
 
-    todo = ranks if nj == 1 else [r for r in ranks if not part_done(r)]
+    # one block (nj 1) writes no part: it is decoded (from the cached emissions when they are current)
+    ranks, todo = blocks_to_do(nj, rank, lambda r: nj > 1 and part_done(r), str(parts_dir))
     model = None
 
     def get_model():

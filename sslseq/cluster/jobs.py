@@ -137,13 +137,10 @@ def label_features(
     parts are removed. A part starts with a header line holding a fingerprint of the model,
     the feature dir and the split, so parts of another run are never joined.
     """
-    from sslseq.features.store import FeatureStore, shard_bounds
+    from sslseq.features.store import FeatureStore, blocks_to_do, check_job, shard_bounds
 
     model_path, feat_dir, out_path = Path(model_path), Path(feat_dir), Path(out_path)
-    if nj < 1:
-        raise SslseqError(f"--nj {nj} must be at least 1")
-    if rank is not None and not 0 <= rank < nj:
-        raise SslseqError(f"--rank {rank} is outside 0..{nj - 1} (--nj {nj})")
+    check_job(nj, rank)
     centroids, meta = load_kmeans(model_path)
     store = FeatureStore(feat_dir)
     k, dim = centroids.shape
@@ -180,19 +177,13 @@ def label_features(
 
     dev = resolve_device(device)
     c = centroids.to(dev)
-    todo = [rank] if rank is not None else list(range(nj))
-    redone = 0
+    _, todo = blocks_to_do(nj, rank, done, str(parts_dir))
     for r in todo:
-        if done(r):
-            if rank is not None:
-                log.info("%s is already labelled with this model; skipping it", part_of[r])
-            continue
         _label_block(store, c, *blocks[r], part_of[r], header(r))
-        redone += 1
     if rank is not None:
         return
     if nj > 1:
-        log.info("joining %d parts of %s (%d labelled by the jobs, %d here)", nj, out_path.name, nj - redone, redone)
+        log.info("joining %d parts of %s (%d labelled by the jobs, %d here)", nj, out_path.name, nj - len(todo), len(todo))
 
     with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for r in range(nj):

@@ -126,23 +126,20 @@ def dump_features(
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if feat_type not in FEAT_TYPES:
         raise SslseqError(f"unknown feature type '{feat_type}' (use one of {', '.join(FEAT_TYPES)})")
-    if nj < 1:
-        raise SslseqError(f"--nj must be >= 1, got {nj}")
-    if rank is not None:
-        store.shard_bounds(0, nj, rank)  # validates rank
+    store.check_job(nj, rank)
     dd = load_data_dir(data_dir)
     ex = _make_extractor(feat_type, resolve_device(device), layer_features)
     _check_existing_meta(out_dir, ex, nj)
-    ranks = list(range(nj)) if rank is None else [rank]
-    todo = []
-    for r in ranks:  # a finished shard is skipped once its files are checked (sizes and checksums)
-        problem = store.shard_problem(out_dir, r, nj, checksum=True)
-        if problem is None:
-            log.info("%s: shard %s already complete, skipping", out_dir, store.shard_name(r, nj))
-            continue
-        todo.append(r)
+    problems = {}
+
+    def shard_done(r: int) -> bool:  # its files checked (sizes and checksums); features.yaml: the same features
+        problems[r] = store.shard_problem(out_dir, r, nj, checksum=True)
+        return problems[r] is None
+
+    _, todo = store.blocks_to_do(nj, rank, shard_done, str(out_dir))
+    for r in todo:
         if any((out_dir / f"{store.shard_name(r, nj)}.{ext}").exists() for ext in store.SHARD_FILES):
-            log.warning("%s; dumping shard %s again", problem, store.shard_name(r, nj))
+            log.warning("%s; dumping shard %s again", problems[r], store.shard_name(r, nj))
     out_dir.mkdir(parents=True, exist_ok=True)
     store.write_meta(
         out_dir, feat_type=feat_type, dim=ex.dim, frame_rate=ex.frame_rate, nj=nj, sample_rate=SAMPLE_RATE, **ex.meta

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import yaml
 
-from sslseq.utils import SslseqError, atomic_path, atomic_write_text, file_sha256, read_yaml_mapping
+from sslseq.utils import SslseqError, atomic_path, atomic_write_text, file_sha256, get_logger, read_yaml_mapping
+
+log = get_logger(__name__)
 
 META = "feats.yaml"
 SHARD_FILES = ("utts", "len", "npy")
@@ -40,6 +42,32 @@ def shard_bounds(num_items: int, nj: int, rank: int) -> tuple[int, int]:
 
 def shard_name(rank: int, nj: int) -> str:
     return f"{rank}_{nj}"
+
+
+def check_job(nj: int, rank: int | None) -> None:
+    """A one-line error for an ``--nj`` / ``--rank`` pair no job can have (before any work)."""
+    if nj < 1:
+        raise SslseqError(f"--nj {nj}: must be at least 1")
+    if rank is not None and not 0 <= rank < nj:
+        raise SslseqError(f"--rank {rank} is outside 0..{nj - 1} (--nj {nj})")
+
+
+def blocks_to_do(nj: int, rank: int | None, done: Callable[[int], bool], what: str) -> tuple[list[int], list[int]]:
+    """The one pattern of sslseq's ``--nj`` verbs (``feats dump``, ``kmeans label``, ``decode``):
+    their utterances are cut into ``nj`` contiguous blocks (``shard_bounds``); a call with
+    ``--rank R`` (a job) works on block R alone, the call without one on every block, and then
+    joins them where the verb has parts to join. Returns this call's blocks and those of them
+    still to do: ``done(r)`` says whether block r's files on disk are complete and hold the
+    fingerprint of these same inputs; a block that is done is logged and skipped."""
+    check_job(nj, rank)
+    ranks = list(range(nj)) if rank is None else [rank]
+    todo = []
+    for r in ranks:
+        if done(r):
+            log.info("%s: block %s is already done with these inputs; skipping it", what, shard_name(r, nj))
+        else:
+            todo.append(r)
+    return ranks, todo
 
 
 def write_meta(feat_dir: Path, *, feat_type: str, dim: int, frame_rate: float, nj: int, **extra) -> None:
