@@ -215,6 +215,10 @@ def test_floats_in_any_standard_notation(tmp_path: Path):
     ("optim.weight_decay=-0.1", "optim.weight_decay: must be >= 0 and finite"),
     ("optim.lr=[1", "override 'optim.lr=[1': the value is not valid YAML"),
     ("optim.max_skipped_frac=2", "optim.max_skipped_frac: must be in [0, 1]"),
+    # the model section is typed by the registry (its family's config class) when the config loads
+    ("model.logit_tmp=0.2", "model: unknown config key 'logit_tmp'. Did you mean: logit_temp?"),
+    ("model.final_dim=abc", "model: config key 'final_dim' must be int, got 'abc'"),
+    ("model.name=hubret", "model: unknown model name 'hubret'; known models: hubert,"),
 ])
 def test_bad_train_values_are_one_line_errors(override, message):
     from sslseq.train.config import load_train_config

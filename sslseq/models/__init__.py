@@ -33,7 +33,7 @@ MODELS: dict[str, tuple[type, type]] = {
 }
 
 __all__ = [
-    "ModelOutput", "SpeechModel", "MODELS", "build_model", "load", "model_config_dict", "model_state_dict",
+    "ModelOutput", "SpeechModel", "MODELS", "build_model", "model_config", "load", "model_config_dict", "model_state_dict",
     "save_weights", "load_weights", "load_state", "read_weights", "write_exp_dir",
     "HubertConfig", "HuBERT", "CTCConfig", "CTCModel",
     "Wav2Vec2Config", "Wav2Vec2", "W2VBertConfig", "W2VBert", "needs_labels",
@@ -57,8 +57,10 @@ def needs_labels(model: dict[str, Any] | nn.Module, default_name: str = "hubert"
     return bool(family_fact(model, "needs_labels", default_name))
 
 
-def build_model(model_cfg: dict[str, Any], where: str = "model") -> nn.Module:
-    """``{"name": <registered name>, <config fields, nested as dicts>}`` → a freshly initialised model."""
+def model_config(model_cfg: dict[str, Any], where: str = "model") -> Any:
+    """The typed config of a model section ``{"name": <registered name>, <fields, nested as
+    dicts>}``: the registry's dataclass for that name, every key and type checked (an unknown
+    key is an error naming the nearest known one and ``where``)."""
     from sslseq.config import from_dict
 
     if not isinstance(model_cfg, dict) or "name" not in model_cfg:
@@ -66,6 +68,10 @@ def build_model(model_cfg: dict[str, Any], where: str = "model") -> nn.Module:
     name = model_cfg["name"]
     if name not in MODELS:
         raise SslseqError(f"{where}: unknown model name '{name}'; known models: {', '.join(MODELS)}")
-    cfg_cls, model_cls = MODELS[name]
-    cfg = from_dict(cfg_cls, {k: v for k, v in model_cfg.items() if k != "name"}, where=where)
-    return model_cls(cfg)
+    return from_dict(MODELS[name][0], {k: v for k, v in model_cfg.items() if k != "name"}, where=where)
+
+
+def build_model(model_cfg: dict[str, Any], where: str = "model") -> nn.Module:
+    """A freshly initialised model of a model section (``model_config``)."""
+    cfg = model_config(model_cfg, where)
+    return MODELS[model_cfg["name"]][1](cfg)

@@ -141,15 +141,24 @@ def effective_update_freq(optim: OptimConfig, processes: int) -> int:
 
 def pretrain_family_fact(cfg: TrainConfig, fact: str) -> Any:
     """A family fact of the registry (``models.family_fact``) for the model ``cfg`` trains
-    (``model.name``, default hubert)."""
+    (``model_section``: its ``name``, else the task's default)."""
     from sslseq.models import family_fact
 
-    return family_fact(cfg.model if isinstance(cfg.model, dict) else {}, fact)
+    return family_fact(model_section(cfg) if isinstance(cfg.model, dict) else {}, fact)
 
 
 def pretrain_needs_labels(cfg: TrainConfig) -> bool:
     """Whether the model pretrained by ``cfg`` needs k-means labels."""
     return bool(pretrain_family_fact(cfg, "needs_labels"))
+
+
+# The model a task trains when the config's model section names none.
+DEFAULT_MODEL = {"pretrain": "hubert", "ctc": "ctc"}
+
+
+def model_section(cfg: TrainConfig) -> dict[str, Any]:
+    """The config's ``model:`` section with its ``name`` (the task's default when not given)."""
+    return {"name": DEFAULT_MODEL.get(cfg.task, "hubert"), **cfg.model}
 
 
 def check_train_config(cfg: TrainConfig, where: str = "config") -> None:
@@ -210,6 +219,9 @@ def check_train_config(cfg: TrainConfig, where: str = "config") -> None:
         )
     if not isinstance(cfg.model, dict):
         raise bad("model", "must be a mapping of model config keys")
+    from sslseq.models import model_config
+
+    model_config(model_section(cfg), where=f"{where}: model")  # typed by the registry: every key and type checked now
     if abs(sum(cfg.optim.phase_ratio) - 1.0) > 1e-6:
         raise bad("optim.phase_ratio", f"{cfg.optim.phase_ratio} must sum to 1")
 

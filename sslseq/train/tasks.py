@@ -17,7 +17,7 @@ import torch
 
 from sslseq.data.dataset import SpeechDataset
 from sslseq.models.exp_dir import CONFIG, WEIGHTS
-from sslseq.train.config import TrainConfig
+from sslseq.train.config import TrainConfig, model_section
 from sslseq.utils import SslseqError, get_logger
 
 log = get_logger("sslseq.train.trainer")  # the log lines stay the trainer's
@@ -80,8 +80,7 @@ class PretrainTask:
     def build_model(self) -> tuple[torch.nn.Module, dict[str, Any]]:
         from sslseq.models import build_model
 
-        mcfg = dict(self.cfg.model)
-        mcfg.setdefault("name", "hubert")
+        mcfg = model_section(self.cfg)
         if self.labels is not None:  # self-supervised targets (wav2vec 2.0) take nothing from labels
             mcfg = with_label_fields(mcfg, *self.labels, source=self.cfg.data.labels_train)
         return build_model(mcfg), mcfg
@@ -128,8 +127,7 @@ class CtcTask:
         from sslseq.models import build_model
 
         cfg = self.cfg
-        mcfg = dict(cfg.model)
-        mcfg.setdefault("name", "ctc")
+        mcfg = model_section(cfg)
         mcfg["vocab_size"] = len(self.tokenizer)
         if str(cfg.init).lower() == "none":
             return build_model(mcfg), mcfg
