@@ -254,7 +254,10 @@ def _fit(x, k, *, max_iter, tol, seed, batch_size, dev, init_size, warm_size, in
         sub = ranks.gather_rows(x, None if n <= init_size else perm[:init_size])
         # Every process runs the same k-means++ (keeping the generators in step); rank 0's
         # result is broadcast so that the processes agree even if their arithmetic does not.
-        centroids = ranks.broadcast(kmeans_plus_plus_init(sub.to(dev), k, gen))
+        # k-means++ is k steps of a few large ops each: torch's own threads split them well
+        # (the row-parallel passes below run torch single-threaded instead).
+        with _torch_threads(workers if dev.type == "cpu" else None):
+            centroids = ranks.broadcast(kmeans_plus_plus_init(sub.to(dev), k, gen))
         del sub
     if verbose:
         log.info("k-means++ init of %d centroids on %d points: %.1fs", k, min(n, init_size), time.perf_counter() - t0)
@@ -296,11 +299,16 @@ def _assign_grouped(x: torch.Tensor, centroids: torch.Tensor, chunk: int | None 
     device = centroids.device
     g, size = _groups(k)
     chunk = chunk or _chunk_rows(g * size, device)
-    # Padding centroids at infinite distance make the groups one (rows, G, size) view.
-    c_sq = torch.full((g * size,), math.inf, device=device)
-    c_sq[:k] = (centroids * centroids).sum(1)
-    c_t = torch.zeros(dim, g * size, device=device)
-    c_t[:, :k] = centroids.t()
+    # Column slot * g + group holds centroid group * size + slot, so that a group's minimum is an
+    # elementwise min over `size` rows of g contiguous values (a short reduction over each group's
+    # own columns is 3x slower on the CPU). Padding centroids at infinite distance fill the last group.
+    idx = torch.arange(k, device=device)
+    grp, slot = idx // size, idx % size
+    c_sq = torch.full((size, g), math.inf, device=device)
+    c_sq[slot, grp] = (centroids * centroids).sum(1)
+    c_t = torch.zeros(dim, size, g, device=device)
+    c_t[:, slot, grp] = centroids.t()
+    c_sq, c_t = c_sq.flatten(), c_t.reshape(dim, size * g)
     n = x.shape[0]
     labels = torch.empty(n, dtype=torch.int64, device=device)
     d1 = torch.empty(n, dtype=torch.float32, device=device)
@@ -310,14 +318,19 @@ def _assign_grouped(x: torch.Tensor, centroids: torch.Tensor, chunk: int | None 
         for s in range(lo, hi, chunk):
             e = min(hi, s + chunk)
             xb = x[s:e].to(device, torch.float32)
-            d = torch.addmm(c_sq, xb, c_t, alpha=-2.0)
+            d = torch.addmm(c_sq, xb, c_t, alpha=-2.0).view(e - s, size, g)
             x_sq = (xb * xb).sum(1, keepdim=True)
-            m1, i = d.min(1)
-            # the nearest centroid is not "another" one: out of its group's minimum
-            second = d.scatter_(1, i[:, None], math.inf).view(e - s, g, size).amin(2)
-            labels[s:e] = i
+            group_min = d.amin(1)
+            # the nearest group (its first among ties), then its nearest centroid (first among
+            # ties): the lowest centroid index among equal distances, as one min over all of them
+            m1, gi = group_min.min(1)
+            own = d.gather(2, gi.view(-1, 1, 1).expand(-1, size, 1)).squeeze(2)
+            _, j = own.min(1)
+            labels[s:e] = gi * size + j
+            # the nearest centroid is not "another" one: its group's bound is the group's second smallest
+            group_min.scatter_(1, gi[:, None], own.scatter_(1, j[:, None], math.inf).amin(1, keepdim=True))
             d1[s:e] = (m1 + x_sq[:, 0]).clamp_min_(0.0).sqrt_()
-            lower[s:e] = second.add_(x_sq).clamp_min_(0.0).sqrt_()
+            lower[s:e] = group_min.add_(x_sq).clamp_min_(0.0).sqrt_()
 
     with _float32(device):
         _row_parallel(n, chunk, workers, body)
@@ -406,30 +419,33 @@ def _lloyd(
             new[empty[: len(far)]] = far.to(dev, torch.float32)
             if ranks.rank == 0:
                 log.info("k-means: re-seeded %d empty cluster(s) from far points", len(empty))
-        delta = (new - centroids).norm(dim=1)
-        centroids = new
-        upper += delta[labels]
-        if k >= 2:
-            # Each group's bound drops by the largest move in the group (the point's own centroid
-            # included: a looser bound, still a bound).
-            pad = torch.zeros(n_groups * group_size, device=dev)
-            pad[:k] = delta
-            lower -= pad.view(n_groups, group_size).amax(1)
-            cc = torch.cdist(centroids, centroids).fill_diagonal_(math.inf)
-            half_sep = cc.min(1).values / 2
-            bound = torch.maximum(lower.amin(1), half_sep[labels])
-        else:
-            bound = torch.full_like(upper, math.inf)
-        cand = torch.nonzero(upper > bound).flatten()
-        if len(cand) == 0:
-            continue
-        xc = x[cand.to(x.device)].to(dev, torch.float32)
-        # Tighten the upper bound exactly (cheap: one centroid per point) before the full search.
-        upper[cand] = (xc - centroids[labels[cand]]).norm(dim=1)
-        keep = upper[cand] > bound[cand]
-        cand, xc = cand[keep], xc[keep]
-        if len(cand) == 0:
-            continue
+        # The bound updates are a few passes over (points, groups) arrays: torch's own threads
+        # split them (the distance passes split rows over the workers instead).
+        with _torch_threads(workers if dev.type == "cpu" else None):
+            delta = (new - centroids).norm(dim=1)
+            centroids = new
+            upper += delta[labels]
+            if k >= 2:
+                # Each group's bound drops by the largest move in the group (the point's own centroid
+                # included: a looser bound, still a bound).
+                pad = torch.zeros(n_groups * group_size, device=dev)
+                pad[:k] = delta
+                lower -= pad.view(n_groups, group_size).amax(1)
+                cc = torch.cdist(centroids, centroids).fill_diagonal_(math.inf)
+                half_sep = cc.min(1).values / 2
+                bound = torch.maximum(lower.amin(1), half_sep[labels])
+            else:
+                bound = torch.full_like(upper, math.inf)
+            cand = torch.nonzero(upper > bound).flatten()
+            if len(cand) == 0:
+                continue
+            xc = x[cand.to(x.device)].to(dev, torch.float32)
+            # Tighten the upper bound exactly (cheap: one centroid per point) before the full search.
+            upper[cand] = (xc - centroids[labels[cand]]).norm(dim=1)
+            keep = upper[cand] > bound[cand]
+            cand, xc = cand[keep], xc[keep]
+            if len(cand) == 0:
+                continue
         lab2, up2, low2 = _assign_grouped(xc, centroids, workers=workers)
         old = labels[cand]
         moved = lab2 != old

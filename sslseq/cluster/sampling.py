@@ -71,7 +71,11 @@ def sample_frames(
             # Rows are sorted, so each shard's rows are one run: gather them from its memmap.
             cuts = np.flatnonzero(np.diff(shard)) + 1
             for run_lo, run_hi in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(g)]])):
-                out[b - lo + run_lo : b - lo + run_hi] = store.shards[shard[run_lo]].frames[rows[run_lo:run_hi]]
+                src, r = store.shards[shard[run_lo]].frames, rows[run_lo:run_hi]
+                if r[-1] - r[0] + 1 == len(r):  # consecutive rows (every frame taken): one slice copy
+                    out[b - lo + run_lo : b - lo + run_hi] = src[r[0] : r[-1] + 1]
+                else:
+                    out[b - lo + run_lo : b - lo + run_hi] = src[r]
             bar.update(e - b)
     finally:
         bar.close()
