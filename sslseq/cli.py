@@ -186,9 +186,11 @@ def cmd_kmeans_label(a: argparse.Namespace) -> None:
 
 def cmd_train(a: argparse.Namespace) -> None:
     if a.fingerprint:
-        from sslseq.train.config import load_train_config, train_fingerprint
+        from sslseq.train.config import resolve_train_config, train_fingerprint
 
-        print(train_fingerprint(load_train_config(a.config, a.overrides)))
+        # The resolved config is all a fingerprint needs (checking it imports the model registry,
+        # torch with it: seconds per recipe stage); training it checks it first.
+        print(train_fingerprint(resolve_train_config(a.config, a.overrides)))
         return
     from sslseq.train.trainer import train_from_config
 
