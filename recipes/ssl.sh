@@ -165,6 +165,17 @@ steps_override() { [ -z "$1" ] || echo "optim.max_steps=$1"; }
 [ "$num_nodes" -eq 1 ] || [ "$cmd" = slurm ] || die "--num-nodes $num_nodes needs --cmd slurm (srun starts torchrun on every node)"
 # Train into $1 with the config $2 (and overrides): `sslseq train` with $ngpu processes per node
 # (tools/launch_train.sh), here or as one Slurm job of $num_nodes nodes (GPUs unless --device cpu).
+train() {
+  local out=$1 config=$2; shift 2
+  local launch=("$root_dir/tools/launch_train.sh" "$ngpu" train "$config" out_dir="$out" "$@")
+  if [ "$cmd" = slurm ]; then
+    local gpus=$ngpu; [ "$device" != cpu ] || gpus=0
+    "$root_dir/tools/run_jobs.sh" --cmd slurm --nodes "$num_nodes" --gpu "$gpus" --cpus "$ngpu" \
+      JOB=0:0 "$out/log/train.log" "${launch[@]}"
+  else
+    "${launch[@]}"
+  fi
+}
 # Train as train() does unless the marker of $1 says it is done: it holds the trainer's fingerprint
 # of the resolved config (the YAML, the model_config it includes, the overrides: `sslseq train
 # --fingerprint`) and $3, the markers of the inputs ("name=ID ...": data, labels, init model),
@@ -176,17 +187,6 @@ train_stage() {
     train "$out" "$config" "$@"
     # shellcheck disable=SC2086  # file names, one word each
     mark_done "$out" "$opts" $outputs
-  fi
-}
-train() {
-  local out=$1 config=$2; shift 2
-  local launch=("$root_dir/tools/launch_train.sh" "$ngpu" train "$config" out_dir="$out" "$@")
-  if [ "$cmd" = slurm ]; then
-    local gpus=$ngpu; [ "$device" != cpu ] || gpus=0
-    "$root_dir/tools/run_jobs.sh" --cmd slurm --nodes "$num_nodes" --gpu "$gpus" --cpus "$ngpu" \
-      JOB=0:0 "$out/log/train.log" "${launch[@]}"
-  else
-    "${launch[@]}"
   fi
 }
 

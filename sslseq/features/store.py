@@ -33,8 +33,7 @@ SUMS = "sums"  # <name>.sums: the size and SHA-256 of each shard file, written w
 
 def shard_bounds(num_items: int, nj: int, rank: int) -> tuple[int, int]:
     """[start, end) of shard ``rank`` when ``num_items`` are split into ``nj`` contiguous blocks."""
-    if not 0 <= rank < nj:
-        raise SslseqError(f"rank {rank} is outside 0..{nj - 1} (--nj {nj})")
+    check_job(nj, rank)
     base, extra = divmod(num_items, nj)
     start = rank * base + min(rank, extra)
     return start, start + base + (1 if rank < extra else 0)
